@@ -1,0 +1,636 @@
+"""Datasets as resident uint8 tensors, split deterministically from ``split_seed``.
+
+Every dataset is small enough to hold in memory, so a trial indexes batches out
+of resident tensors (on CPU or GPU) instead of running a DataLoader. Images stay
+uint8 until :meth:`DataBundle.prepare` turns a batch into normalized floats,
+which keeps a bundle four times smaller and makes moving it to a GPU cheap.
+
+Splits depend on ``split_seed`` only, never on a trial's seed, so every trial of
+a sweep trains, validates and tests on the same examples. Index convention: the
+validation (and, without an official test split, the test) examples are held
+out of the official training examples, so the three splits are disjoint; each
+split keeps the original order of its examples.
+
+torchvision is imported lazily (and only through
+:func:`tune_prune._torchvision.import_torchvision`) by the loaders that need it,
+so ``import tune_prune.data`` and loading ``digits`` or CIFAR stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import inspect
+import math
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tune_prune._torchvision import import_torchvision
+from tune_prune.registry import Registry
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "DataBundle",
+    "RawDataset",
+    "channel_stats",
+    "data_root",
+    "load_dataset",
+    "random_crop_flip",
+]
+
+ENV_DATA_ROOT = "TUNE_PRUNE_DATA"
+DEFAULT_DATA_ROOT = "~/.cache/tune_prune/data"
+# Where Debian's dataset-fashion-mnist package puts the IDX .gz files.
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+AUGMENTATIONS = ("crop_flip",)
+CROP_PADDING = 4  # pixels of zero padding before the random crop, as in the CIFAR ResNet papers
+
+# Tags that make the test / validation / train-subset permutations independent
+# streams of the same split_seed: changing val_size never moves the test set.
+_TEST_STREAM, _VAL_STREAM, _SUBSET_STREAM = 1, 2, 3
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
+class DataBundle:
+    """Train/val/test splits of one dataset as uint8 image and int64 label tensors.
+
+    Images have shape (N, C, H, W); ``mean``/``std`` are per-channel statistics
+    of ``x_train / 255`` used by :meth:`prepare`.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str | None = None
+
+    def __post_init__(self) -> None:
+        # A loader bug (wrong dtype, mismatched lengths) should fail here, not
+        # as a silent float/uint8 mix-up deep inside a trial.
+        shape = tuple(self.x_train.shape[1:])
+        for split in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(
+                    f"DataBundle.x_{split}: expected a uint8 tensor (N, C, H, W), "
+                    f"got {x.dtype} of shape {tuple(x.shape)}"
+                )
+            if tuple(x.shape[1:]) != shape:
+                raise ValueError(
+                    f"DataBundle.x_{split}: image shape {tuple(x.shape[1:])} != x_train's {shape}"
+                )
+            if y.dtype != torch.int64 or tuple(y.shape) != (x.shape[0],):
+                raise ValueError(
+                    f"DataBundle.y_{split}: expected an int64 tensor of shape ({x.shape[0]},), "
+                    f"got {y.dtype} of shape {tuple(y.shape)}"
+                )
+        if len(self.mean) != shape[0] or len(self.std) != shape[0]:
+            raise ValueError(f"DataBundle.mean/std: need one value per channel ({shape[0]})")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ValueError(
+                f"DataBundle.augment: must be null or one of {', '.join(AUGMENTATIONS)}, "
+                f"got {self.augment!r}"
+            )
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.x_train.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def to(self, device: torch.device | str) -> DataBundle:
+        """A new bundle with every tensor on ``device``."""
+        moved = {
+            f"{kind}_{split}": getattr(self, f"{kind}_{split}").to(device)
+            for kind in ("x", "y")
+            for split in ("train", "val", "test")
+        }
+        return dataclasses.replace(self, **moved)
+
+    def prepare(
+        self, xb: torch.Tensor, train: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Turn a uint8 batch into normalized float32 on ``xb``'s device.
+
+        With ``train=True`` and ``augment == "crop_flip"`` each image also gets
+        its own random crop (after 4 px of zero padding) and horizontal flip;
+        ``generator`` (on ``xb``'s device) makes that reproducible.
+        """
+        if xb.dtype != torch.uint8 or xb.dim() != 4 or tuple(xb.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"prepare: expected a uint8 batch of shape (B, *{self.in_shape}), "
+                f"got {xb.dtype} of shape {tuple(xb.shape)}"
+            )
+        if train and self.augment == "crop_flip":
+            # Pad with black (0) before normalizing, as torchvision's
+            # RandomCrop(padding=4) does on CIFAR images.
+            xb = random_crop_flip(xb, CROP_PADDING, generator)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=xb.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=xb.device).view(1, -1, 1, 1)
+        return xb.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+
+    def __repr__(self) -> str:
+        def dims(x: torch.Tensor) -> str:
+            return "x".join(str(d) for d in x.shape)
+
+        return (
+            f"DataBundle(name={self.name!r}, train={dims(self.x_train)}, val={dims(self.x_val)}, "
+            f"test={dims(self.x_test)}, num_classes={self.num_classes}, augment={self.augment!r}, "
+            f"device={self.x_train.device})"
+        )
+
+
+def random_crop_flip(
+    xb: torch.Tensor, padding: int = CROP_PADDING, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Randomly crop (after zero padding) and horizontally flip each image of a batch.
+
+    One offset pair and one flip bit per image, drawn from ``generator``; the
+    crop and the flip are a single gather on the whole batch, no Python loop.
+    Works for any dtype and device; returns a new (B, C, H, W) tensor.
+    """
+    n, c, h, w = xb.shape
+    if n == 0:
+        return xb.clone()
+    device = xb.device
+    padded = F.pad(xb, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    flip = torch.randint(0, 2, (n,), generator=generator, device=device).bool()
+    rows = top[:, None] + torch.arange(h, device=device)  # (n, h)
+    col = torch.arange(w, device=device)
+    # A flipped crop reads the padded columns left + w-1-j instead of left + j.
+    cols = left[:, None] + torch.where(flip[:, None], w - 1 - col, col)  # (n, w)
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of ``x / 255`` for a uint8 (N, C, H, W) tensor.
+
+    Computed from a 256-bin histogram per channel: exact, and it never builds a
+    float copy of the whole training set. A constant channel gets std 1 so that
+    normalizing it cannot divide by zero.
+    """
+    if x.dtype != torch.uint8:
+        raise ValueError(f"channel_stats: expected uint8 images, got {x.dtype}")
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for ch in range(x.shape[1]):
+        counts = torch.bincount(x[:, ch].reshape(-1).cpu(), minlength=256).to(torch.float64)
+        total = counts.sum()
+        mean = float((counts * levels).sum() / total)
+        var = max(float((counts * levels**2).sum() / total) - mean**2, 0.0)
+        std = math.sqrt(var)
+        means.append(mean)
+        stds.append(std if std > 1e-8 else 1.0)
+    return tuple(means), tuple(stds)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _check_size(value: object, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{field}: must be an int >= 1 or a float in (0, 1), got {value!r}")
+    if isinstance(value, Integral):
+        if value < 1:
+            raise ValueError(f"{field}: must be an int >= 1 or a float in (0, 1), got {value!r}")
+    elif not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{field}: must be an int >= 1 or a float in (0, 1), got {value!r}")
+
+
+def _resolve_size(value: int | float, total: int, field: str) -> int:
+    """Number of examples to hold out of ``total``: a count, or a fraction of it."""
+    _check_size(value, field)
+    count = int(value) if isinstance(value, Integral) else max(1, round(float(value) * total))
+    if count >= total:
+        raise ValueError(
+            f"{field}: holding out {count} of {total} examples leaves none to train on"
+        )
+    return count
+
+
+def _permutation(n: int, split_seed: int, stream: int) -> torch.Tensor:
+    # numpy's SeedSequence takes (seed, stream) directly, and its streams are the
+    # same on every platform; pin numpy (deploy/constraints.txt) to keep splits
+    # identical across installs, as NEP 19 lets Generator methods change.
+    rng = np.random.default_rng([split_seed, stream])
+    return torch.from_numpy(rng.permutation(n))
+
+
+def _holdout(n: int, count: int, split_seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partition range(n) into (kept, held_out) index tensors, each sorted; |held_out| == count."""
+    perm = _permutation(n, split_seed, stream)
+    return perm[count:].sort().values, perm[:count].sort().values
+
+
+def _carve_test(
+    x: torch.Tensor, y: torch.Tensor, test_size: int | float, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For datasets without an official test split: hold one out of all examples."""
+    train_idx, test_idx = _holdout(
+        len(y), _resolve_size(test_size, len(y), "dataset.test_size"), split_seed, _TEST_STREAM
+    )
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class RawDataset(NamedTuple):
+    """What a registered loader returns: the full train pool and the test split.
+
+    :func:`load_dataset` then holds out validation, applies ``train_subset`` and
+    computes the normalization statistics, the same way for every dataset.
+    """
+
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    augment: str | None
+
+
+# A loader is called as loader(root=..., download=..., split_seed=..., **options);
+# its other keyword-only parameters are the dataset's own options.
+DATASETS: Registry[Callable[..., RawDataset]] = Registry("dataset")
+_COMMON_ARGS = ("root", "val_size", "train_subset", "split_seed", "download")
+_LOADER_ARGS = ("root", "download", "split_seed")
+
+
+def _loader_options(loader: Callable[..., RawDataset]) -> list[str]:
+    params = inspect.signature(loader).parameters
+    return sorted(p for p in params if p not in _LOADER_ARGS)
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: ``root``, else $TUNE_PRUNE_DATA, else ~/.cache/tune_prune/data."""
+    chosen = root if root is not None else os.environ.get(ENV_DATA_ROOT) or DEFAULT_DATA_ROOT
+    return Path(chosen).expanduser()
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | None = None,
+    val_size: int | float = 0.1,
+    train_subset: int | None = None,
+    split_seed: int = 0,
+    download: bool = False,
+    **options: object,
+) -> DataBundle:
+    """Load dataset ``name`` fully into memory and split it deterministically.
+
+    ``val_size`` (a count, or a fraction of the official training examples) is
+    held out of training; ``train_subset`` then keeps a random subset of that
+    many training examples (validation and test are never shrunk). All splits
+    depend on ``split_seed`` only. ``options`` are the dataset's own options
+    (e.g. ``test_size`` for digits, ``image_size`` for imagefolder).
+    """
+    loader = DATASETS.get(name)
+    _check_size(val_size, "dataset.val_size")
+    if train_subset is not None and (
+        isinstance(train_subset, bool) or not isinstance(train_subset, Integral) or train_subset < 1
+    ):
+        raise ValueError(f"dataset.train_subset: must be null or an int >= 1, got {train_subset!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, Integral) or split_seed < 0:
+        raise ValueError(f"dataset.split_seed: must be an int >= 0, got {split_seed!r}")
+    if not isinstance(download, bool):
+        raise ValueError(f"dataset.download: must be true or false, got {download!r}")
+    own = _loader_options(loader)
+    for key in sorted(options):
+        if key not in own:
+            raise ValueError(
+                f"dataset.{key}: not an option of dataset {name!r}; accepted: "
+                + ", ".join([*_COMMON_ARGS, *own])
+            )
+
+    raw = loader(root=root, download=download, split_seed=int(split_seed), **options)
+    n = len(raw.y_train)
+    train_idx, val_idx = _holdout(
+        n, _resolve_size(val_size, n, "dataset.val_size"), int(split_seed), _VAL_STREAM
+    )
+    if train_subset is not None:
+        if train_subset > len(train_idx):
+            raise ValueError(
+                f"dataset.train_subset: {train_subset} is more than the {len(train_idx)} training "
+                f"examples of {name!r} left after holding out validation"
+            )
+        # Indices into train_idx from their own stream: a larger subset is a
+        # superset of a smaller one, and the validation set does not move.
+        pick = (
+            _permutation(len(train_idx), int(split_seed), _SUBSET_STREAM)[:train_subset]
+            .sort()
+            .values
+        )
+        train_idx = train_idx[pick]
+    x_train = raw.x_train[train_idx].contiguous()
+    mean, std = channel_stats(x_train)
+    return DataBundle(
+        name=name,
+        x_train=x_train,
+        y_train=raw.y_train[train_idx].contiguous(),
+        x_val=raw.x_train[val_idx].contiguous(),
+        y_val=raw.y_train[val_idx].contiguous(),
+        x_test=raw.x_test.contiguous(),
+        y_test=raw.y_test.contiguous(),
+        num_classes=raw.num_classes,
+        mean=mean,
+        std=std,
+        augment=raw.augment,
+    )
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+@DATASETS.register
+def digits(
+    *, root: str | None, download: bool, split_seed: int, test_size: int | float = 0.2
+) -> RawDataset:
+    """scikit-learn's bundled 1,797 8x8 digits (no files, no download; ``root`` is unused)."""
+    _check_size(test_size, "dataset.test_size")
+    from sklearn.datasets import load_digits  # lazy: importing sklearn costs about a second
+
+    d = load_digits()
+    # Pixel values are 0..16; spread them over the uint8 range like any other image.
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    x = torch.from_numpy(images).unsqueeze(1).contiguous()  # (1797, 1, 8, 8)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    x_train, y_train, x_test, y_test = _carve_test(x, y, test_size, split_seed)
+    return RawDataset(x_train, y_train, x_test, y_test, num_classes=10, augment=None)
+
+
+_FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _gunzip_atomic(src: Path, dst: Path) -> None:
+    # Concurrent trials may stage the same file: each writes its own temp file
+    # and os.replace makes the finished one appear in a single step, so no
+    # reader ever sees half a file.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, length=1 << 20)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _stage_fashion_mnist(raw_dir: Path) -> list[str]:
+    """Put the raw IDX files torchvision reads into ``raw_dir``; return the names still missing."""
+    missing = []
+    for name in _FASHION_MNIST_FILES:
+        target = raw_dir / name
+        if target.is_file():
+            continue
+        for source in (raw_dir / f"{name}.gz", Path(FASHION_MNIST_SYSTEM_DIR) / f"{name}.gz"):
+            if source.is_file():
+                _gunzip_atomic(source, target)
+                break
+        else:
+            missing.append(name)
+    return missing
+
+
+@DATASETS.register
+def fashion_mnist(*, root: str | None, download: bool, split_seed: int) -> RawDataset:
+    """Fashion-MNIST (60k train, 10k test, 1x28x28) read by torchvision from ROOT/FashionMNIST/raw/.
+
+    Missing raw files are gunzipped from .gz files in that directory or from
+    Debian's dataset-fashion-mnist package before torchvision is asked to
+    download anything.
+    """
+    base = data_root(root)
+    raw_dir = base / "FashionMNIST" / "raw"
+    missing = _stage_fashion_mnist(raw_dir)
+    if missing and not download:
+        raise FileNotFoundError(
+            f"fashion_mnist: data not found: looked for {', '.join(missing)} (plain or .gz) "
+            f"in {raw_dir} and for the .gz files in {FASHION_MNIST_SYSTEM_DIR}. Install the "
+            "Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+            "or set `download: true` (dataset.download) on a machine with internet; "
+            f"dataset.root or ${ENV_DATA_ROOT} chooses the data directory (now {base})."
+        )
+    tv = import_torchvision()
+    splits = []
+    for train in (True, False):
+        ds = tv.datasets.FashionMNIST(str(base), train=train, download=download)
+        # .data/.targets are the whole split already decoded: no per-item loop.
+        splits += [ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)]
+    return RawDataset(*splits, num_classes=10, augment=None)
+
+
+def _read_cifar_batch(
+    path: Path, label_key: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # CIFAR ships as pickles (written by Python 2); only load files you trust.
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")  # latin1: what Python-2 numpy pickles need
+    if not isinstance(entry, dict):
+        raise ValueError(
+            f"{path}: not a CIFAR batch (expected a pickled dict, got {type(entry).__name__})"
+        )
+    # Keys are bytes (b"data") when written from Python 3, str from Python 2 under latin1.
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    if "data" not in entry or label_key not in entry:
+        raise ValueError(
+            f"{path}: not a CIFAR batch: expected keys 'data' and {label_key!r}, "
+            f"found {sorted(map(str, entry))}"
+        )
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+        raise ValueError(
+            f"{path}: expected 'data' of shape (N, 3072) and N labels, "
+            f"got {data.shape} and {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{path}: labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}"
+        )
+    # Each row is the R plane, then G, then B, each 32x32 row-major: exactly (3, 32, 32).
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _load_cifar(
+    root: str | None,
+    download: bool,
+    *,
+    name: str,
+    folder: str,
+    archive: str,
+    train_files: Sequence[str],
+    test_files: Sequence[str],
+    label_key: str,
+    num_classes: int,
+    torchvision_class: str,
+) -> RawDataset:
+    base = data_root(root)
+    directory = base / folder
+
+    def missing() -> list[Path]:
+        return [directory / f for f in (*train_files, *test_files) if not (directory / f).is_file()]
+
+    if missing() and download:
+        # torchvision only fetches and extracts here; it is not used for reading
+        # because its md5 checks reject anything but the official files.
+        tv = import_torchvision()
+        getattr(tv.datasets, torchvision_class)(str(base), train=True, download=True)
+    if absent := missing():
+        raise FileNotFoundError(
+            f"{name}: missing {', '.join(str(p) for p in absent)}. Expected CIFAR's python-format "
+            f"files (the extracted {archive}) in {directory}; point dataset.root or "
+            f"${ENV_DATA_ROOT} at "
+            f"the directory containing {folder}/, or set `download: true` (dataset.download) on a "
+            "machine with internet."
+        )
+
+    def read(files: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [_read_cifar_batch(directory / f, label_key, num_classes) for f in files]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    x_train, y_train = read(train_files)
+    x_test, y_test = read(test_files)
+    return RawDataset(
+        x_train, y_train, x_test, y_test, num_classes=num_classes, augment="crop_flip"
+    )
+
+
+@DATASETS.register
+def cifar10(*, root: str | None, download: bool, split_seed: int) -> RawDataset:
+    """CIFAR-10 from ROOT/cifar-10-batches-py/ (data_batch_1..5, test_batch), 3x32x32."""
+    return _load_cifar(
+        root,
+        download,
+        name="cifar10",
+        folder="cifar-10-batches-py",
+        archive="cifar-10-python.tar.gz",
+        train_files=[f"data_batch_{i}" for i in range(1, 6)],
+        test_files=["test_batch"],
+        label_key="labels",
+        num_classes=10,
+        torchvision_class="CIFAR10",
+    )
+
+
+@DATASETS.register
+def cifar100(*, root: str | None, download: bool, split_seed: int) -> RawDataset:
+    """CIFAR-100 (fine labels) from ROOT/cifar-100-python/ (train, test), 3x32x32."""
+    return _load_cifar(
+        root,
+        download,
+        name="cifar100",
+        folder="cifar-100-python",
+        archive="cifar-100-python.tar.gz",
+        train_files=["train"],
+        test_files=["test"],
+        label_key="fine_labels",
+        num_classes=100,
+        torchvision_class="CIFAR100",
+    )
+
+
+def _read_image_folder(
+    root: str, image_size: int, field: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{field}: {path} is not a directory; imagefolder expects {path}/<class_name>/<image>"
+        )
+    tv = import_torchvision()
+    t = tv.transforms
+    transform = t.Compose([t.Resize(image_size), t.CenterCrop(image_size), t.PILToTensor()])
+    try:
+        # ImageFolder's default loader converts every image to RGB.
+        ds = tv.datasets.ImageFolder(str(path), transform=transform)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{field}: {e}") from e
+    x = torch.empty((len(ds), 3, image_size, image_size), dtype=torch.uint8)
+    for i in range(len(ds)):
+        x[i] = ds[i][0]
+    return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+
+
+@DATASETS.register
+def imagefolder(
+    *,
+    root: str | None,
+    download: bool,
+    split_seed: int,
+    image_size: int = 32,
+    test_root: str | None = None,
+    test_size: int | float | None = None,
+) -> RawDataset:
+    """Your own images, ROOT/<class_name>/<image>, resized and center-cropped to RGB image_size^2.
+
+    The test split is ``test_root`` (same class names) if given, else ``test_size``
+    (default 0.2) held out of ``root``. ``download`` is ignored.
+    """
+    if root is None:
+        raise ValueError(
+            "dataset.root: required for imagefolder: a directory with one sub-directory "
+            "of images per class"
+        )
+    if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size < 1:
+        raise ValueError(f"dataset.image_size: must be an int >= 1, got {image_size!r}")
+    if test_root is not None and test_size is not None:
+        raise ValueError(
+            "dataset.test_size: not used when dataset.test_root is set; give one of them"
+        )
+    if test_size is not None:
+        _check_size(test_size, "dataset.test_size")
+    x, y, classes = _read_image_folder(root, int(image_size), "dataset.root")
+    if test_root is None:
+        x_train, y_train, x_test, y_test = _carve_test(
+            x, y, 0.2 if test_size is None else test_size, split_seed
+        )
+    else:
+        x_test, y_test, test_classes = _read_image_folder(
+            test_root, int(image_size), "dataset.test_root"
+        )
+        if test_classes != classes:
+            raise ValueError(
+                f"dataset.test_root: class folders {test_classes} differ from "
+                f"dataset.root's {classes}"
+            )
+        x_train, y_train = x, y
+    return RawDataset(
+        x_train, y_train, x_test, y_test, num_classes=len(classes), augment="crop_flip"
+    )
