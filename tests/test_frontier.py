@@ -1,0 +1,96 @@
+import math
+
+import pandas as pd
+import pytest
+
+from tune_prune import frontier as fr
+
+
+def _rows(strategy, config_key, target, seed, events):
+    """events: list of (sparsity, val, test, cost)."""
+    return [
+        dict(strategy=strategy, trial_key=f"{config_key}-{seed}", config_key=config_key, config=config_key,
+             target_sparsity=target, seed=seed, event=i + 1, sparsity=s, val_accuracy=v, test_accuracy=t,
+             cost_epochs=c)
+        for i, (s, v, t, c) in enumerate(events)
+    ]
+
+
+@pytest.fixture
+def records():
+    rows = []
+    # dense baseline, two seeds
+    for seed, acc in [(0, 0.95), (1, 0.97)]:
+        rows += _rows("dense", "d", 0.0, seed, [(0.0, acc, acc, 0)])
+        rows[-1]["event"] = 0
+    # one-shot: two configs at target 0.5 and one at target 0.9
+    rows += _rows("one_shot", "os-a", 0.5, 0, [(0.5, 0.90, 0.88, 5)])
+    rows += _rows("one_shot", "os-a", 0.5, 1, [(0.5, 0.92, 0.90, 7)])
+    rows += _rows("one_shot", "os-b", 0.5, 0, [(0.5, 0.93, 0.80, 9)])  # best val, worse test
+    rows += _rows("one_shot", "os-b", 0.5, 1, [(0.5, 0.93, 0.82, 9)])
+    rows += _rows("one_shot", "os-c", 0.9, 0, [(0.9, 0.70, 0.69, 10)])
+    rows += _rows("one_shot", "os-c", 0.9, 1, [(0.9, 0.72, 0.71, 10)])
+    # geometric aimed at 0.9 passes 0.5 on its way (measured a hair below the level counts)
+    geo = [(0.3, 0.94, 0.94, 2), (0.49995, 0.91, 0.90, 4), (0.75, 0.85, 0.84, 6), (0.9, 0.80, 0.79, 9)]
+    rows += _rows("geometric", "g", 0.9, 0, geo)
+    rows += _rows("geometric", "g", 0.9, 1, [(s, v - 0.02, t - 0.02, c + 1) for s, v, t, c in geo])
+    return pd.DataFrame(rows)
+
+
+def test_best_config_is_chosen_on_validation_and_reported_on_test(records):
+    front = fr.frontier(records, [0.5, 0.9])
+    row = front[(front.strategy == "one_shot") & (front.sparsity_level == 0.5)].iloc[0]
+    assert row.config_key == "os-b"  # mean val 0.93 beats os-a's 0.91, although its test is worse
+    assert row.test_accuracy_mean == pytest.approx(0.81)
+    assert row.test_accuracy_std == pytest.approx(math.sqrt(2 * 0.01**2))  # sample std of 0.80, 0.82
+    assert row.seeds == 2
+    assert row.cost_epochs_mean == 9
+
+
+def test_intermediate_events_are_frontier_points_at_the_cost_spent_then(records):
+    front = fr.frontier(records, [0.5, 0.9])
+    geo = front[front.strategy == "geometric"].set_index("sparsity_level")
+    # first event with sparsity >= 0.5 - 1e-4 is event 2 (0.49995)
+    assert geo.loc[0.5, "test_accuracy_mean"] == pytest.approx((0.90 + 0.88) / 2)
+    assert geo.loc[0.5, "cost_epochs_mean"] == pytest.approx((4 + 5) / 2)
+    assert geo.loc[0.9, "cost_epochs_mean"] == pytest.approx((9 + 10) / 2)
+
+
+def test_a_run_aimed_higher_counts_at_lower_levels_but_not_the_reverse(records):
+    points = fr.level_points(records, [0.5, 0.9])
+    at_09 = set(points[points.sparsity_level == 0.9].config_key)
+    assert at_09 == {"os-c", "g"}  # the 0.5 runs never reached 0.9
+    at_05 = set(points[points.sparsity_level == 0.5].config_key)
+    assert {"os-a", "os-b", "os-c", "g"} == at_05
+
+
+def test_dense_baseline_mean_and_std(records):
+    dense = fr.dense_baseline(records)
+    assert dense["test_accuracy_mean"] == pytest.approx(0.96)
+    assert dense["seeds"] == 2
+    assert dense["test_accuracy_std"] == pytest.approx(math.sqrt(2 * 0.01**2))
+
+
+def test_single_seed_has_zero_spread_not_nan(records):
+    one = records[records.seed == 0]
+    front = fr.frontier(one, [0.5])
+    assert (front.test_accuracy_std == 0).all()
+    assert (front.seeds == 1).all()
+
+
+def test_default_levels_are_the_requested_targets(records):
+    assert fr.default_levels(records) == [0.5, 0.9]
+
+
+def test_empty_records_give_an_empty_frontier():
+    empty = pd.DataFrame(columns=["strategy", "trial_key", "config_key", "config", "target_sparsity", "seed",
+                                  "event", "sparsity", "val_accuracy", "test_accuracy", "cost_epochs"])
+    assert fr.frontier(empty, [0.5]).empty
+    assert fr.pivot(fr.frontier(empty, [0.5])).empty
+
+
+def test_pivot_has_a_row_per_level_and_a_column_per_strategy(records):
+    table = fr.pivot(fr.frontier(records, [0.5, 0.9]))
+    assert list(table.columns) == ["geometric", "one_shot"]
+    assert list(table.index) == ["0.5", "0.9"]
+    assert table.loc["0.5", "one_shot"] == "81.00 ± 1.41"

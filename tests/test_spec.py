@@ -1,0 +1,143 @@
+import copy
+
+import pytest
+import yaml
+
+from tune_prune.spec import SpecError, TrialSpec, load_spec, parse_spec
+
+
+@pytest.fixture
+def raw(quickstart_path):
+    return yaml.safe_load(quickstart_path.read_text())
+
+
+def test_quickstart_expands_to_every_strategy_sparsity_and_seed_plus_dense(raw):
+    spec = parse_spec(raw)
+    trials = spec.trials()
+    counts = {}
+    for t in trials:
+        counts[t.schedule] = counts.get(t.schedule, 0) + 1
+    n_targets, n_seeds = len(raw["target_sparsities"]), len(raw["seeds"])
+    assert counts == {"dense": n_seeds, "one_shot": 2 * n_targets * n_seeds, "constant": n_targets * n_seeds,
+                      "geometric": n_targets * n_seeds, "hybrid": n_targets * n_seeds}
+    assert len({t.key for t in trials}) == len(trials)
+    # every pruned trial reaches its target within budget
+    for t in trials:
+        if not t.is_dense:
+            assert t.sparsities[-1] == t.target
+            assert len(t.sparsities) <= t.budget.epochs
+
+
+def test_smoke_test_overrides_shrink_the_sweep(raw):
+    full, smoke = parse_spec(raw), parse_spec(raw, smoke_test=True)
+    assert len(smoke.trials()) < len(full.trials())
+    assert {t.schedule for t in smoke.trials()} == {t.schedule for t in full.trials()}
+
+
+PINNED = {
+    "name": "pin",
+    "dataset": {"name": "digits"},
+    "model": {"name": "mlp"},
+    "budget": {"epochs": 20},
+    "target_sparsities": [0.9],
+    "seeds": [0],
+    "strategies": {"geometric": {"rate0": 0.2, "patience": 3}},
+}
+
+
+PINNED_NAMES = ["dense-s0-b2442ff8", "geometric-s0.9-94909180"]
+
+
+def test_trial_names_are_deterministic_content_keys():
+    # Pinned literal keys: an accidental change of the canonical settings shows here.
+    names = [t.name for t in parse_spec(copy.deepcopy(PINNED)).trials()]
+    assert names == PINNED_NAMES
+    assert [t.name for t in parse_spec(copy.deepcopy(PINNED)).trials()] == names
+    changed = copy.deepcopy(PINNED)
+    changed["finetune"] = {"lr": 0.02}
+    assert parse_spec(changed).trials()[1].name != names[1]
+
+
+def test_seed_changes_key_but_not_config_key(raw):
+    trials = [t for t in parse_spec(raw).trials() if t.schedule == "geometric" and t.target == 0.9]
+    assert len({t.key for t in trials}) == 2
+    assert len({t.config_key for t in trials}) == 1
+    assert len({t.dense_key for t in trials}) == 2
+
+
+def test_trial_spec_round_trips_through_a_dict(raw):
+    for t in parse_spec(raw).trials()[:10]:
+        assert TrialSpec.from_dict(t.to_dict()) == t
+
+
+def _set(raw, path, value):
+    d = raw
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d[k]
+    if value is _DELETE:
+        del d[keys[-1]]
+    else:
+        d[keys[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "path,value,field,accepted",
+    [
+        ("strategies.cyclic", {"patience": 1}, "strategies.cyclic", "constant, geometric, hybrid, one_shot"),
+        ("model.name", "vgg", "model.name", "lenet_300_100"),
+        ("dataset.name", "mnist", "dataset.name", "fashion_mnist"),
+        ("target_sparsities", [0.5, 1.0], "target_sparsities[1]", "[0, 1)"),
+        ("target_sparsities", [-0.2], "target_sparsities[0]", "[0, 1)"),
+        ("budget.epochs", 0, "budget.epochs", "positive integer"),
+        ("budget.epochs", -5, "budget.epochs", "positive integer"),
+        ("budget.policy", "greedy", "budget.policy", "carry_over, even, front_loaded"),
+        ("strategies.one_shot.patience", [-1], "strategies.one_shot.patience", ">= 0"),
+        ("strategies.geometric.rate0", 1.5, "strategies.geometric", "rate0 must be in (0, 1)"),
+        ("seeds", [], "seeds", "non-empty"),
+        ("finetune.lr", 0, "finetune.lr", "> 0"),
+        ("resources.gpu", -1, "resources.gpu", ">= 0"),
+        ("colour", "blue", "colour", "accepted: name"),
+        ("budget.epochs", _DELETE, "budget.epochs", "is required"),
+    ],
+)
+def test_bad_input_names_the_field_and_what_is_accepted(raw, path, value, field, accepted):
+    with pytest.raises(SpecError) as info:
+        parse_spec(_set(raw, path, value))
+    assert info.value.field == field
+    assert str(info.value).startswith(field + ":")
+    assert accepted in str(info.value)
+
+
+def test_iterative_schedule_with_more_events_than_budget_is_refused(raw):
+    raw["strategies"]["geometric"]["rate0"] = 0.02  # 0.98 needs 194 events
+    with pytest.raises(SpecError, match=r"budget.epochs: geometric\(target=0.98, rate0=0.02\) has 194 prune events .*\(11 other trial\(s\) too\).*>= 194"):
+        parse_spec(raw)
+
+
+def test_fixed_epoch_schedule_that_cannot_fit_its_budget_is_refused(raw):
+    raw["strategies"]["constant"] = {"step": 0.1, "patience": None, "epochs_per_event": 4}
+    with pytest.raises(SpecError, match=r"strategies.constant.epochs_per_event: .* needs 10 x 4 = 40 epochs"):
+        parse_spec(raw)
+
+
+def test_fixed_epochs_need_epochs_per_event(raw):
+    raw["strategies"]["constant"] = {"step": 0.1, "patience": None}
+    with pytest.raises(SpecError, match="strategies.constant.epochs_per_event"):
+        parse_spec(raw)
+
+
+def test_malformed_yaml_reports_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ndataset: {name: digits\nmodel: mlp\n")
+    with pytest.raises(SpecError, match=r"^spec: .*not valid YAML at line"):
+        load_spec(p)
+
+
+def test_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")

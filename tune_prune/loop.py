@@ -1,0 +1,293 @@
+"""Pretraining and the prune -> fine-tune loop of one trial. No Ray, no MLflow.
+
+The loop talks to the outside world through two hooks: ``on_epoch(EpochRecord)``
+after every fine-tuning epoch and ``on_event(EventRecord, LoopState)`` after every
+prune event (the state is what a checkpoint needs to resume at the next event).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune_prune.data import DataBundle
+from tune_prune.models import build_model
+from tune_prune.pruning import budget as budget_policies
+from tune_prune.pruning.masks import MaskSet
+from tune_prune.pruning.patience import Patience
+from tune_prune.spec import PretrainSpec, TrialSpec
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    event: int  # 1-based prune event this epoch belongs to
+    epoch_in_event: int  # 1-based
+    global_epoch: int  # fine-tuning epochs spent so far, this one included
+    train_loss: float
+    val_accuracy: float
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event: int  # 1-based
+    n_events: int
+    scheduled_sparsity: float
+    sparsity: float  # measured: exact zeros among prunable weights
+    val_accuracy: float  # of the checkpoint kept (best epoch of this event)
+    val_loss: float
+    test_accuracy: float
+    test_loss: float
+    pruned_val_accuracy: float  # right after pruning, before fine-tuning
+    event_epochs: int  # epochs run in this event
+    best_epoch: int  # 0 = the freshly pruned weights were never beaten
+    budget_cap: int  # epochs the budget policy allowed this event
+    cost_epochs: int  # cumulative fine-tuning epochs of the trial
+    wall_seconds: float  # cumulative fine-tuning wall time of the trial
+
+    def metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class LoopState:
+    """What resuming at event ``next_event`` (0-based) needs."""
+
+    next_event: int
+    cost_epochs: int
+    wall_seconds: float
+    model_state: dict[str, torch.Tensor]
+    mask_state: dict[str, torch.Tensor]
+
+    def to_payload(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "LoopState":
+        return cls(**payload)
+
+
+@dataclass
+class Hooks:
+    on_epoch: Callable[[EpochRecord], None] = lambda record: None
+    on_event: Callable[[EventRecord, LoopState], None] = lambda record, state: None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    epochs: int
+    wall_seconds: float
+    val_accuracy: float
+    test_accuracy: float
+    best_epoch: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(gpu_share: float) -> torch.device:
+    """CUDA when the trial was given GPU resources and one is visible, else CPU."""
+    if gpu_share > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int = 1024) -> Evaluation:
+    """Accuracy and mean cross-entropy of ``model`` on ``split`` ('val' or 'test')."""
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(y), batch_size):
+        logits = model(data.prepare(x[i : i + batch_size], train=False))
+        yb = y[i : i + batch_size]
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(1) == yb).sum().item())
+    return Evaluation(accuracy=correct / len(y), loss=loss_sum / len(y))
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DataBundle,
+    batch_size: int,
+    generator: torch.Generator,
+    masks: MaskSet | None = None,
+) -> float:
+    """One pass over the training split in a seeded random order; returns mean loss."""
+    model.train()
+    n = len(data.y_train)
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    total, seen = 0.0, 0
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        xb = data.prepare(data.x_train[idx], train=True, generator=generator)
+        yb = data.y_train[idx]
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        if masks is not None:
+            masks.apply_()
+        total += loss.detach() * len(idx)
+        seen += len(idx)
+    return float(total) / seen
+
+
+def _generator(device: torch.device, *seed_parts: int) -> torch.Generator:
+    # Seeded from (trial seed, epoch counter) so a resumed trial replays the
+    # same batches as an uninterrupted one.
+    g = torch.Generator(device=device)
+    seed = 0
+    for part in seed_parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
+    g.manual_seed(seed)
+    return g
+
+
+def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def new_model(trial_or_model: TrialSpec, data: DataBundle, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    m = trial_or_model.model
+    return build_model(m.name, data.in_shape, data.num_classes, **m.kwargs())
+
+
+def pretrain_dense(
+    trial: TrialSpec,
+    data: DataBundle,
+    device: torch.device,
+    progress: Callable[[int, Evaluation], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], PretrainResult]:
+    """Train the dense model for ``trial.pretrain``; keep the best epoch by val accuracy.
+
+    SGD with momentum and a cosine learning-rate decay over the pretraining epochs.
+    """
+    cfg: PretrainSpec = trial.pretrain
+    model = new_model(trial, data, trial.seed).to(device)
+    opt = _sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    start = time.perf_counter()
+    tracker = Patience(patience=cfg.epochs)
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, cfg.epochs + 1):
+        train_epoch(model, opt, data, cfg.batch_size, _generator(device, trial.seed, -1, epoch))
+        sched.step()
+        ev = evaluate(model, data, "val")
+        if tracker.update(ev.accuracy, epoch):
+            best_state = copy.deepcopy(model.state_dict())
+        if progress is not None:
+            progress(epoch, ev)
+    model.load_state_dict(best_state)
+    result = PretrainResult(
+        epochs=cfg.epochs,
+        wall_seconds=time.perf_counter() - start,
+        val_accuracy=evaluate(model, data, "val").accuracy,
+        test_accuracy=evaluate(model, data, "test").accuracy,
+        best_epoch=tracker.best_epoch,
+    )
+    return {k: v.detach().cpu() for k, v in best_state.items()}, result
+
+
+def run_trial(
+    trial: TrialSpec,
+    data: DataBundle,
+    dense_state: dict[str, torch.Tensor],
+    device: torch.device,
+    hooks: Hooks | None = None,
+    resume: LoopState | None = None,
+) -> list[EventRecord]:
+    """Prune ``trial``'s dense model along its schedule, fine-tuning after every event.
+
+    Every event starts from the best checkpoint of the previous one (no weight or
+    learning-rate rewinding), builds a fresh SGD optimizer, and runs up to the
+    budget policy's cap: a fixed ``epochs_per_event`` or until patience runs out.
+    Checkpoint choice and patience use the validation split; test accuracy is
+    only measured, once per event, on the kept checkpoint.
+    """
+    hooks = hooks or Hooks()
+    schedule = trial.sparsities
+    n_events = len(schedule)
+    policy = budget_policies.get(trial.budget.policy)
+    ft = trial.finetune
+
+    model = new_model(trial, data, trial.seed).to(device)
+    model.load_state_dict(dense_state)
+    masks = MaskSet(model)
+    start_event, cost, wall = 0, 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        masks.load_state_dict(resume.mask_state)
+        start_event, cost, wall = resume.next_event, resume.cost_epochs, resume.wall_seconds
+
+    records = []
+    for i in range(start_event, n_events):
+        t0 = time.perf_counter()
+        masks.prune_to(schedule[i])
+        cap = policy(trial.budget.epochs, cost, i, n_events)
+        if trial.mode == "fixed":
+            epochs = min(trial.epochs_per_event, cap)
+            patience = None
+        else:
+            epochs = cap if trial.epochs_per_event is None else min(cap, trial.epochs_per_event)
+            patience = trial.first_patience if (i == 0 and trial.first_patience is not None) else trial.patience
+
+        pruned_eval = evaluate(model, data, "val")
+        tracker = Patience(patience=patience if patience is not None else epochs, min_delta=ft.min_delta)
+        tracker.update(pruned_eval.accuracy, 0)
+        best_state = copy.deepcopy(model.state_dict())
+        best_eval = pruned_eval
+        opt = _sgd(model, ft.lr, ft.momentum, ft.weight_decay)
+        ran = 0
+        for e in range(1, epochs + 1):
+            loss = train_epoch(model, opt, data, ft.batch_size, _generator(device, trial.seed, cost + 1), masks)
+            cost += 1
+            ran += 1
+            ev = evaluate(model, data, "val")
+            hooks.on_epoch(EpochRecord(i + 1, e, cost, loss, ev.accuracy, ev.loss))
+            if tracker.update(ev.accuracy, e):
+                best_state = copy.deepcopy(model.state_dict())
+                best_eval = ev
+            if patience is not None and tracker.should_stop:
+                break
+        model.load_state_dict(best_state)
+        test_eval = evaluate(model, data, "test")
+        wall += time.perf_counter() - t0
+        record = EventRecord(
+            event=i + 1,
+            n_events=n_events,
+            scheduled_sparsity=schedule[i],
+            sparsity=masks.measured_sparsity(),
+            val_accuracy=best_eval.accuracy,
+            val_loss=best_eval.loss,
+            test_accuracy=test_eval.accuracy,
+            test_loss=test_eval.loss,
+            pruned_val_accuracy=pruned_eval.accuracy,
+            event_epochs=ran,
+            best_epoch=tracker.best_epoch,
+            budget_cap=cap,
+            cost_epochs=cost,
+            wall_seconds=wall,
+        )
+        records.append(record)
+        state = LoopState(
+            next_event=i + 1,
+            cost_epochs=cost,
+            wall_seconds=wall,
+            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            mask_state=masks.state_dict(),
+        )
+        hooks.on_event(record, state)
+    return records

@@ -1,0 +1,324 @@
+"""Everything MLflow: the sweep's parent run, one nested child run per trial, reading back.
+
+This is the only module that imports mlflow. Runs are addressed through an explicit
+``MlflowClient`` (no process-global active run), so the same code works in the driver
+and inside Ray workers.
+
+Layout in MLflow:
+- experiment = the sweep's name (or ``--experiment``);
+- parent run per sweep invocation: sweep params, the resolved spec (artifact),
+  pretraining cost per dense model, the frontier table (CSV) and plot (PNG);
+- child run per trial, tagged with its deterministic trial key: params (schedule,
+  full cumulative sparsity list, target, patience, seed, budget, ...), per-event
+  metrics at step = event index (1-based; 0 for the dense baseline) and per-epoch
+  ``epoch_*`` metrics at step = global fine-tuning epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from tune_prune.loop import EpochRecord, EventRecord, PretrainResult
+from tune_prune.spec import SweepSpec, TrialSpec
+
+DEFAULT_DB = "mlflow.db"
+TAG_KIND = "tune_prune.kind"
+TAG_TRIAL_KEY = "tune_prune.trial_key"
+TAG_STRATEGY = "tune_prune.strategy"
+TAG_CONFIG_KEY = "tune_prune.config_key"
+PARENT_TAG = "mlflow.parentRunId"
+EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds")
+MAX_PARAM_CHARS = 6000
+
+
+def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory.
+
+    Relative SQLite paths are made absolute: Ray trials run in other directories.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///"):]
+        uri = f"sqlite:///{(Path(cwd or os.getcwd()) / rel).resolve()}"
+    elif "://" not in uri:  # a bare path: a SQLite file
+        uri = f"sqlite:///{(Path(cwd or os.getcwd()) / uri).resolve()}"
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None  # a tracking server decides (proxied artifacts)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _params(d: dict[str, Any]) -> list[Param]:
+    out = []
+    for k, v in d.items():
+        text = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+        if len(text) > MAX_PARAM_CHARS:
+            text = text[: MAX_PARAM_CHARS - 20] + "...(see artifact)"
+        out.append(Param(k, text))
+    return out
+
+
+def trial_params(trial: TrialSpec) -> dict[str, Any]:
+    """The params a child run carries: what a user filters and compares on in the UI."""
+    sparsities = [round(s, 6) for s in trial.sparsities]
+    p: dict[str, Any] = {
+        "schedule": trial.schedule,
+        "target_sparsity": trial.target,
+        "sparsities": sparsities,
+        "n_events": len(sparsities),
+        "mode": "dense" if trial.is_dense else trial.mode,
+        "patience": trial.patience,
+        "first_patience": trial.first_patience,
+        "epochs_per_event": trial.epochs_per_event,
+        "seed": trial.seed,
+        "budget_epochs": trial.budget.epochs,
+        "budget_policy": trial.budget.policy,
+        "lr": trial.finetune.lr,
+        "momentum": trial.finetune.momentum,
+        "weight_decay": trial.finetune.weight_decay,
+        "batch_size": trial.finetune.batch_size,
+        "min_delta": trial.finetune.min_delta,
+        "model": trial.model.name,
+        "dataset": trial.dataset.name,
+        "criterion": "global_magnitude",
+        "trial_key": trial.key,
+        "config_key": trial.config_key,
+        "dense_key": trial.dense_key,
+    }
+    p.update({k: v for k, v in trial.knobs})
+    return p
+
+
+class SweepTracker:
+    """Driver side: the experiment and the sweep's parent run, created once, up front."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_name = experiment_name
+        self.experiment_id = self._ensure_experiment()
+        self.parent_run_id: str | None = None
+
+    def _ensure_experiment(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        return self.client.create_experiment(self.experiment_name, artifact_location=_artifact_root(self.uri))
+
+    def start_parent(self, spec: SweepSpec, run_name: str, n_trials: int, smoke_test: bool) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={TAG_KIND: "sweep", "tune_prune.spec_name": spec.name, "tune_prune.smoke_test": str(smoke_test)},
+        )
+        self.parent_run_id = run.info.run_id
+        params = {
+            "model": spec.model.name,
+            "dataset": spec.dataset.name,
+            "budget_epochs": spec.budget.epochs,
+            "budget_policy": spec.budget.policy,
+            "target_sparsities": list(spec.target_sparsities),
+            "seeds": list(spec.seeds),
+            "strategies": [s.schedule for s in spec.strategies],
+            "n_trials": n_trials,
+            "cpu_per_trial": spec.resources.cpu,
+            "gpu_per_trial": spec.resources.gpu,
+            "smoke_test": smoke_test,
+        }
+        self.client.log_batch(self.parent_run_id, params=_params(params))
+        self.log_dict(spec.resolved_dict(), "spec.yaml")
+        return self.parent_run_id
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.parent_run_id, obj, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.parent_run_id, str(path), artifact_path)
+
+    def log_pretraining(self, results: dict[str, PretrainResult]) -> None:
+        """Pretraining cost per dense model, apart from any trial's budget."""
+        rows = [{"dense_key": k, **v.__dict__} for k, v in sorted(results.items())]
+        self.log_dict(rows, "pretraining.json")
+        ts = _now_ms()
+        metrics = [Metric("pretrain_epochs_total", float(sum(r.epochs for r in results.values())), ts, 0),
+                   Metric("pretrain_wall_seconds_total", float(sum(r.wall_seconds for r in results.values())), ts, 0)]
+        self.client.log_batch(self.parent_run_id, metrics=metrics)
+
+    def log_summary(self, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        ts = _now_ms()
+        self.client.log_batch(
+            self.parent_run_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.parent_run_id is not None:
+            self.client.set_terminated(self.parent_run_id, status)
+
+
+class TrialTracker:
+    """Worker side: one child run per trial, found again by its trial key on retry."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial: TrialSpec) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.trial = trial
+        self.run_id: str | None = None
+        self._pending: list[Metric] = []
+
+    def start(self) -> int:
+        """Open (or reopen) the child run; return the last event already logged (0 if none)."""
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL_KEY}` = '{self.trial.key}'",
+            max_results=1,
+        )
+        if existing:
+            self.run_id = existing[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            history = self.client.get_metric_history(self.run_id, "sparsity")
+            return max((m.step for m in history), default=0)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.trial.name,
+            tags={
+                PARENT_TAG: self.parent_run_id,
+                TAG_KIND: "dense" if self.trial.is_dense else "trial",
+                TAG_TRIAL_KEY: self.trial.key,
+                TAG_STRATEGY: self.trial.schedule,
+                TAG_CONFIG_KEY: self.trial.config_key,
+                "tune_prune.config": self.trial.config_label(),
+            },
+        )
+        self.run_id = run.info.run_id
+        self.client.log_batch(self.run_id, params=_params(trial_params(self.trial)))
+        if not self.trial.is_dense:
+            self.client.log_dict(self.run_id, {"sparsities": list(self.trial.sparsities)}, "schedule.json")
+        return 0
+
+    def log_epoch(self, record: EpochRecord) -> None:
+        """Buffered; written with the event's metrics in one batch."""
+        ts = _now_ms()
+        for key in ("train_loss", "val_accuracy", "val_loss"):
+            self._pending.append(Metric(f"epoch_{key}", float(getattr(record, key)), ts, record.global_epoch))
+
+    def log_event(self, record: EventRecord) -> None:
+        ts = _now_ms()
+        metrics = self._pending + [Metric(k, v, ts, record.event) for k, v in record.metrics().items()
+                                   if k not in ("event",)]
+        self._pending = []
+        # log_batch accepts at most 1000 metrics per call
+        for i in range(0, len(metrics), 900):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 900])
+
+    def log_dense(self, val_accuracy: float, test_accuracy: float, pretrain: PretrainResult) -> None:
+        ts = _now_ms()
+        values = {"sparsity": 0.0, "val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
+                  "cost_epochs": 0.0, "wall_seconds": 0.0,
+                  "pretrain_epochs": pretrain.epochs, "pretrain_wall_seconds": pretrain.wall_seconds}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        if error:
+            self.client.set_tag(self.run_id, "tune_prune.error", error[:5000])
+        self.client.set_terminated(self.run_id, status)
+
+
+# ------------------------------------------------------------------ reading back
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_sweep_run(tracking_uri: str, experiment_name: str, run_id: str | None = None):
+    """The parent run asked for, or the newest sweep run of the experiment."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise LookupError(f"no MLflow experiment '{experiment_name}' at {tracking_uri}; "
+                          f"experiments there: {', '.join(names) or 'none'}")
+    if run_id:
+        return client.get_run(run_id)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"experiment '{experiment_name}' has no tune_prune sweep runs")
+    return runs[0]
+
+
+def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
+    client = _client(tracking_uri)
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str) -> pd.DataFrame:
+    """One row per (trial, prune event) from the child runs' metric histories.
+
+    Columns: run_id, status, trial_name, trial_key, strategy, config_key, config, target_sparsity,
+    seed, event, sparsity, val_accuracy, test_accuracy, cost_epochs, wall_seconds.
+    """
+    client = _client(tracking_uri)
+    rows = []
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        tags, params = run.data.tags, run.data.params
+        per_step: dict[int, dict[str, float]] = {}
+        for key in EVENT_METRICS:
+            for m in client.get_metric_history(run.info.run_id, key):
+                per_step.setdefault(m.step, {})[key] = m.value
+        for step, values in sorted(per_step.items()):
+            rows.append({
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "trial_name": run.info.run_name,
+                "trial_key": tags.get(TAG_TRIAL_KEY),
+                "strategy": tags.get(TAG_STRATEGY),
+                "config_key": tags.get(TAG_CONFIG_KEY),
+                "config": tags.get("tune_prune.config", ""),
+                "target_sparsity": float(params.get("target_sparsity", "nan")),
+                "seed": int(params.get("seed", -1)),
+                "event": step,
+                **{k: values.get(k, float("nan")) for k in EVENT_METRICS},
+            })
+    return pd.DataFrame(rows, columns=["run_id", "status", "trial_name", "trial_key", "strategy", "config_key",
+                                       "config", "target_sparsity", "seed", "event", *EVENT_METRICS])
+
+
+def log_files(tracking_uri: str, run_id: str, files: Iterable[Path]) -> None:
+    client = _client(tracking_uri)
+    for f in files:
+        client.log_artifact(run_id, str(f))
+
+
+def write_temp_json(obj: Any) -> Path:
+    fd, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+    return Path(path)
