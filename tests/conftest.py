@@ -6,7 +6,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quickstart_path():
     from pathlib import Path
 

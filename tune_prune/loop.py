@@ -286,7 +286,8 @@ def run_trial(
             next_event=i + 1,
             cost_epochs=cost,
             wall_seconds=wall,
-            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            # copy=True: on CPU .cpu() would alias the live weights that later events keep training
+            model_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             mask_state=masks.state_dict(),
         )
         hooks.on_event(record, state)

@@ -50,35 +50,40 @@ def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu
     return {"dense_key": trial.dense_key, "trained": trained, "result": result.__dict__}
 
 
-def _progress_callback(total: int, out: TextIO):
+def _progress_callback(total: int):
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per finished prune event and per finished trial."""
+        """One line per finished prune event and per finished trial.
+
+        Tune pickles callbacks with its experiment state, so this holds no stream:
+        it prints to whatever sys.stdout is when it is called.
+        """
 
         def __init__(self) -> None:
             self.done = 0
             self.start = time.perf_counter()
 
-        def _prefix(self) -> str:
-            return f"[{self.done}/{total} trials, {time.perf_counter() - self.start:5.0f}s]"
+        def _say(self, msg: str) -> None:
+            elapsed = time.perf_counter() - self.start
+            print(f"[{self.done}/{total} trials, {elapsed:5.0f}s] {msg}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get("n_events"):
-                _say(out, f"{self._prefix()} {trial.trial_id if not trial.custom_trial_name else trial.custom_trial_name}"
-                          f" event {int(result['event'])}/{int(result['n_events'])}"
+                self._say(f"{trial.custom_trial_name} event {int(result['event'])}/{int(result['n_events'])}"
                           f" sparsity {result['sparsity']:.4f} val {result['val_accuracy']:.4f}"
                           f" cost {int(result['cost_epochs'])} epochs")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             last = trial.last_result or {}
-            _say(out, f"{self._prefix()} done {trial.custom_trial_name}: sparsity {last.get('sparsity', 0):.4f}"
-                      f" test {last.get('test_accuracy', float('nan')):.4f} cost {int(last.get('cost_epochs', 0))} epochs")
+            self._say(f"done {trial.custom_trial_name}: sparsity {last.get('sparsity', 0):.4f}"
+                      f" test {last.get('test_accuracy', float('nan')):.4f}"
+                      f" cost {int(last.get('cost_epochs', 0))} epochs")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
-            _say(out, f"{self._prefix()} FAILED {trial.custom_trial_name}: see {trial.error_file or 'the Ray log'}")
+            self._say(f"FAILED {trial.custom_trial_name}: see {trial.error_file or 'the Ray log'}")
 
     return Progress()
 
@@ -165,7 +170,7 @@ def run_sweep(
                 storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_progress_callback(len(trials), out)],
+                callbacks=[_progress_callback(len(trials))],
                 verbose=0,
             ),
         )

@@ -1,0 +1,113 @@
+"""The quickstart smoke sweep on real local Ray and a real SQLite MLflow store."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tune_prune.cli import main
+from tune_prune.spec import load_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, quickstart_path):
+    work = tmp_path_factory.mktemp("sweep")
+    import os
+
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        from tune_prune.sweep import run_sweep
+        from tune_prune.tracking import resolve_tracking_uri
+
+        spec = load_spec(quickstart_path, smoke_test=True)
+        uri = resolve_tracking_uri(None)
+        outcome = run_sweep(spec, tracking_uri=uri, smoke_test=True)
+    finally:
+        os.chdir(old)
+    return work, spec, outcome
+
+
+def test_every_trial_finished_and_the_store_is_where_expected(sweep):
+    work, spec, outcome = sweep
+    assert outcome.failed == []
+    assert outcome.n_trials == len(spec.trials())
+    assert (work / "mlflow.db").is_file()
+    assert outcome.tracking_uri == f"sqlite:///{work / 'mlflow.db'}"
+
+
+def test_parent_run_has_spec_and_frontier_artifacts(sweep):
+    _, spec, outcome = sweep
+    client = MlflowClient(outcome.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["tune_prune.kind"] == "sweep"
+    names = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+    assert {"spec.yaml", "frontier.csv", "frontier.png", "events.csv", "pretraining.json"} <= names
+    assert parent.data.metrics["trials_failed"] == 0
+    assert parent.data.metrics["pretrain_epochs_total"] == spec.pretrain.epochs * len(spec.seeds)
+
+
+def test_one_child_run_per_trial_with_params_and_per_event_metrics(sweep):
+    _, spec, outcome = sweep
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    trials = {t.key: t for t in spec.trials()}
+    assert sorted(r.data.tags["tune_prune.trial_key"] for r in children) == sorted(trials)
+    for run in children:
+        trial = trials[run.data.tags["tune_prune.trial_key"]]
+        assert run.info.run_name == trial.name
+        assert run.info.status == "FINISHED"
+        p = run.data.params
+        assert p["schedule"] == trial.schedule and float(p["target_sparsity"]) == trial.target
+        assert int(p["seed"]) == trial.seed and int(p["budget_epochs"]) == spec.budget.epochs
+        assert p["patience"] == str(trial.patience)
+        assert json.loads(p["sparsities"]) == [round(s, 6) for s in trial.sparsities]
+        history = client.get_metric_history(run.info.run_id, "sparsity")
+        if trial.is_dense:
+            assert [m.step for m in history] == [0]
+            continue
+        n = len(trial.sparsities)
+        assert sorted(m.step for m in history) == list(range(1, n + 1))  # each event once
+        by_step = {m.step: m.value for m in history}
+        for step, scheduled in enumerate(trial.sparsities, start=1):
+            assert abs(by_step[step] - scheduled) < 1e-4
+        cost = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "cost_epochs")}
+        assert cost[n] <= spec.budget.epochs
+        epochs = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
+        assert sorted(m.step for m in epochs) == list(range(1, int(cost[n]) + 1))
+
+
+def test_frontier_has_all_four_strategies_and_the_dense_baseline(sweep):
+    _, spec, outcome = sweep
+    assert set(outcome.frontier["strategy"]) == {"one_shot", "constant", "geometric", "hybrid"}
+    assert set(outcome.frontier["sparsity_level"]) == set(spec.target_sparsities)
+    assert outcome.dense["seeds"] == len(spec.seeds)
+    assert 0.5 < outcome.dense["test_accuracy_mean"] <= 1.0
+    assert "dense baseline" in outcome.summary and "geometric" in outcome.summary
+
+
+def test_frontier_command_reads_the_same_table_back(sweep, capsys):
+    _, spec, outcome = sweep
+    code = main(["frontier", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert outcome.summary in out
+
+
+def test_frontier_command_on_unknown_experiment_exits_2(sweep, capsys):
+    _, _, outcome = sweep
+    assert main(["frontier", "--experiment", "nope", "--tracking-uri", outcome.tracking_uri]) == 2
+    assert "no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def test_second_sweep_reuses_the_cached_dense_models(sweep, quickstart_path):
+    work, spec, outcome = sweep
+    from tune_prune.dense import load
+
+    for t in spec.trials():
+        assert load(work / ".tune_prune_cache", t.dense_key) is not None
