@@ -141,3 +141,12 @@ def test_malformed_yaml_reports_the_line(tmp_path):
 def test_missing_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="no such file"):
         load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_shipped_search_space_validates(quickstart_path, smoke):
+    specs = sorted(quickstart_path.parent.glob("*.yaml"))
+    assert {p.name for p in specs} >= {"quickstart.yaml", "fashion_mnist_lenet.yaml", "cifar10_resnet18.yaml"}
+    for path in specs:
+        spec = load_spec(path, smoke_test=smoke)
+        assert {t.schedule for t in spec.trials()} == {"dense", "one_shot", "constant", "geometric", "hybrid"}

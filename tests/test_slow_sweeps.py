@@ -1,0 +1,27 @@
+"""Heavier real runs, excluded by default: `make test-slow` (pytest -m slow)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tune_prune.spec import load_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+SPECS = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
+                    and not os.environ.get("TUNE_PRUNE_DATA"),
+                    reason="Fashion-MNIST not available offline (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_lenet_smoke_sweep(tmp_path, monkeypatch):
+    from tune_prune.sweep import run_sweep
+    from tune_prune.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(SPECS / "fashion_mnist_lenet.yaml", smoke_test=True)
+    outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(None), smoke_test=True)
+    assert outcome.failed == []
+    assert outcome.dense["test_accuracy_mean"] > 0.7  # ten classes; LeNet reaches ~0.8 in 3 epochs on 5k
+    assert set(outcome.frontier["strategy"]) == {"one_shot", "constant", "geometric", "hybrid"}
