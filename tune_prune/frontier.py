@@ -16,21 +16,41 @@ Rules (stated once, tested):
 - A strategy's frontier point at p is its configuration with the best mean
   VALIDATION accuracy (ties: lower mean cost, then config_key); test accuracy is
   reported for that choice, never used to make it.
+- Spread over seeds: sample standard deviation and the half-width of a 95%
+  Student-t confidence interval of the mean (0 with a single seed: unknown, and
+  ``seeds`` says so).
+- Budget-matched view: at budget B a configuration qualifies at level p only if
+  EVERY one of its seeds reached p having spent at most B (cost_epochs, or any
+  other cumulative cost column such as accelerator_seconds). Dropping the slow
+  seeds instead would flatter patience runs.
+- Pareto front: configuration points (mean sparsity, mean test accuracy, mean
+  cost) not dominated by another point that is at least as sparse, at least as
+  accurate and at most as costly, and strictly better in one of the three.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import pandas as pd
+from scipy import stats
 
 DENSE = "dense"
 TOLERANCE = 1e-4
 
 FRONTIER_COLUMNS = [
     "strategy", "sparsity_level", "config", "config_key", "seeds", "val_accuracy_mean",
-    "test_accuracy_mean", "test_accuracy_std", "sparsity_mean", "cost_epochs_mean",
+    "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci95", "sparsity_mean",
+    "cost_epochs_mean", "cost_epochs_max",
 ]
+
+
+def ci95_halfwidth(std: float, n: int) -> float:
+    """Half-width of the 95% Student-t interval of a mean of ``n`` values; 0 when n < 2."""
+    if n < 2 or std != std:  # NaN std
+        return 0.0
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
 def default_levels(records: pd.DataFrame) -> list[float]:
@@ -52,26 +72,49 @@ def level_points(records: pd.DataFrame, levels: Sequence[float]) -> pd.DataFrame
     return pd.concat(rows, ignore_index=True)
 
 
-def frontier(records: pd.DataFrame, levels: Sequence[float] | None = None) -> pd.DataFrame:
-    """Each strategy's best configuration at each sparsity level (columns: FRONTIER_COLUMNS)."""
+def config_points(
+    records: pd.DataFrame,
+    levels: Sequence[float] | None = None,
+    max_cost: float | None = None,
+    cost_column: str = "cost_epochs",
+) -> pd.DataFrame:
+    """Every configuration's point at every level, aggregated over its seeds.
+
+    With ``max_cost``, a configuration is kept at a level only if all its seeds got
+    there with ``cost_column`` <= max_cost (see the module rules).
+    """
     levels = default_levels(records) if levels is None else list(levels)
     points = level_points(records, levels)
     if points.empty:
         return pd.DataFrame(columns=FRONTIER_COLUMNS)
-    per_config = (
-        points.groupby(["strategy", "sparsity_level", "config_key"], sort=False)
-        .agg(
-            config=("config", "first"),
-            seeds=("seed", "nunique"),
-            val_accuracy_mean=("val_accuracy", "mean"),
-            test_accuracy_mean=("test_accuracy", "mean"),
-            test_accuracy_std=("test_accuracy", "std"),
-            sparsity_mean=("sparsity", "mean"),
-            cost_epochs_mean=("cost_epochs", "mean"),
-        )
-        .reset_index()
+    agg = dict(
+        config=("config", "first"),
+        seeds=("seed", "nunique"),
+        val_accuracy_mean=("val_accuracy", "mean"),
+        test_accuracy_mean=("test_accuracy", "mean"),
+        test_accuracy_std=("test_accuracy", "std"),
+        sparsity_mean=("sparsity", "mean"),
+        cost_epochs_mean=("cost_epochs", "mean"),
+        cost_epochs_max=("cost_epochs", "max"),
+        budget_cost_max=(cost_column, "max"),
     )
+    if "accelerator_seconds" in points.columns:
+        agg["accelerator_seconds_mean"] = ("accelerator_seconds", "mean")
+        agg["accelerator_seconds_max"] = ("accelerator_seconds", "max")
+    per_config = points.groupby(["strategy", "sparsity_level", "config_key"], sort=False).agg(**agg).reset_index()
     per_config["test_accuracy_std"] = per_config["test_accuracy_std"].fillna(0.0)
+    per_config["test_accuracy_ci95"] = [
+        ci95_halfwidth(sd, n) for sd, n in zip(per_config["test_accuracy_std"], per_config["seeds"])
+    ]
+    if max_cost is not None:
+        per_config = per_config[per_config["budget_cost_max"] <= max_cost]
+    return per_config.drop(columns=["budget_cost_max"]).reset_index(drop=True)
+
+
+def best_per_strategy(per_config: pd.DataFrame) -> pd.DataFrame:
+    """Each (strategy, level)'s configuration with the best mean validation accuracy."""
+    if per_config.empty:
+        return pd.DataFrame(columns=FRONTIER_COLUMNS)
     best = (
         per_config.sort_values(
             ["strategy", "sparsity_level", "val_accuracy_mean", "cost_epochs_mean", "config_key"],
@@ -80,7 +123,44 @@ def frontier(records: pd.DataFrame, levels: Sequence[float] | None = None) -> pd
         .groupby(["strategy", "sparsity_level"], sort=False)
         .head(1)
     )
-    return best[FRONTIER_COLUMNS].sort_values(["sparsity_level", "strategy"]).reset_index(drop=True)
+    extra = [c for c in best.columns if c not in FRONTIER_COLUMNS]
+    return best[FRONTIER_COLUMNS + extra].sort_values(["sparsity_level", "strategy"]).reset_index(drop=True)
+
+
+def frontier(records: pd.DataFrame, levels: Sequence[float] | None = None) -> pd.DataFrame:
+    """Each strategy's best configuration at each sparsity level (columns: FRONTIER_COLUMNS)."""
+    return best_per_strategy(config_points(records, levels))
+
+
+def budget_matched(
+    records: pd.DataFrame,
+    budgets: Sequence[float],
+    levels: Sequence[float] | None = None,
+    cost_column: str = "cost_epochs",
+) -> pd.DataFrame:
+    """Frontier recomputed at each budget level B: only configurations that fit B compete."""
+    frames = []
+    for b in budgets:
+        best = best_per_strategy(config_points(records, levels, max_cost=b, cost_column=cost_column))
+        frames.append(best.assign(budget=b))
+    if not frames:
+        return pd.DataFrame(columns=FRONTIER_COLUMNS + ["budget"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def pareto_front(per_config: pd.DataFrame, cost_column: str = "cost_epochs_mean") -> pd.DataFrame:
+    """Configuration points not dominated in (sparsity up, test accuracy up, cost down)."""
+    if per_config.empty:
+        return per_config
+    pts = per_config.drop_duplicates(subset=["config_key", "sparsity_mean"]).reset_index(drop=True)
+    s = pts["sparsity_mean"].to_numpy()
+    a = pts["test_accuracy_mean"].to_numpy()
+    c = pts[cost_column].to_numpy()
+    keep = []
+    for i in range(len(pts)):
+        dominated = ((s >= s[i]) & (a >= a[i]) & (c <= c[i]) & ((s > s[i]) | (a > a[i]) | (c < c[i]))).any()
+        keep.append(not dominated)
+    return pts[keep].sort_values(["sparsity_mean", cost_column]).reset_index(drop=True)
 
 
 def dense_baseline(records: pd.DataFrame) -> dict[str, float]:

@@ -47,7 +47,9 @@ def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu
     device = pick_device(gpu)
     data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
     _, result, trained = dense_cache.ensure(trial, data, cache_dir, device)
-    return {"dense_key": trial.dense_key, "trained": trained, "result": result.__dict__}
+    share = gpu if device.type == "cuda" else cpu
+    return {"dense_key": trial.dense_key, "trained": trained, "result": result.__dict__,
+            "accelerator_seconds": result.wall_seconds * share}
 
 
 def _progress_callback(total: int):
@@ -145,7 +147,7 @@ def run_sweep(
         _say(out, f"dense models ready in {time.perf_counter() - t0:.1f}s ({trained} trained, "
                   f"{len(pre) - trained} from cache); val accuracy "
                   + ", ".join(f"{k}={r.val_accuracy:.4f}" for k, r in results.items()))
-        tracker.log_pretraining(results)
+        tracker.log_pretraining(results, accelerator_seconds=sum(p["accelerator_seconds"] for p in pre))
 
         ctx = {
             "tracking_uri": tracking_uri,
@@ -197,9 +199,13 @@ def run_sweep(
         records.to_csv(events_csv, index=False)
         tracker.log_artifact(events_csv)
     wall = time.perf_counter() - t_start
+    last = records.sort_values("event").groupby("trial_key").tail(1)
     tracker.log_summary(
         {"trials_failed": len(failed), "trials_total": len(trials), "sweep_wall_seconds": wall,
-         "dense_test_accuracy": dense["test_accuracy_mean"]},
+         "dense_test_accuracy": dense["test_accuracy_mean"],
+         "trials_cost_epochs_total": float(last["cost_epochs"].sum()),
+         "trials_wall_seconds_total": float(last["wall_seconds"].sum()),
+         "trials_accelerator_seconds_total": float(last["accelerator_seconds"].fillna(0).sum())},
         tags={"tune_prune.failed_trials": ",".join(failed)[:5000]} if failed else None,
     )
     tracker.end("FINISHED" if not failed else "FAILED")

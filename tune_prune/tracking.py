@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
@@ -36,7 +35,7 @@ TAG_TRIAL_KEY = "tune_prune.trial_key"
 TAG_STRATEGY = "tune_prune.strategy"
 TAG_CONFIG_KEY = "tune_prune.config_key"
 PARENT_TAG = "mlflow.parentRunId"
-EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds")
+EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds")
 MAX_PARAM_CHARS = 6000
 
 
@@ -119,7 +118,10 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
             return exp.experiment_id
-        return self.client.create_experiment(self.experiment_name, artifact_location=_artifact_root(self.uri))
+        # The kind tag makes MLflow 3's UI open on the training-runs table (with the
+        # nested trials) instead of its GenAI overview.
+        return self.client.create_experiment(self.experiment_name, artifact_location=_artifact_root(self.uri),
+                                             tags={"mlflow.experimentKind": "custom_model_development"})
 
     def start_parent(self, spec: SweepSpec, run_name: str, n_trials: int, smoke_test: bool) -> str:
         run = self.client.create_run(
@@ -151,13 +153,18 @@ class SweepTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.parent_run_id, str(path), artifact_path)
 
-    def log_pretraining(self, results: dict[str, PretrainResult]) -> None:
-        """Pretraining cost per dense model, apart from any trial's budget."""
+    def log_pretraining(self, results: dict[str, PretrainResult], accelerator_seconds: float = 0.0) -> None:
+        """Pretraining cost per dense model, apart from any trial's budget.
+
+        A cached model reports the cost it had when it was trained: that cost was paid
+        once, whichever sweep paid it.
+        """
         rows = [{"dense_key": k, **v.__dict__} for k, v in sorted(results.items())]
         self.log_dict(rows, "pretraining.json")
         ts = _now_ms()
         metrics = [Metric("pretrain_epochs_total", float(sum(r.epochs for r in results.values())), ts, 0),
-                   Metric("pretrain_wall_seconds_total", float(sum(r.wall_seconds for r in results.values())), ts, 0)]
+                   Metric("pretrain_wall_seconds_total", float(sum(r.wall_seconds for r in results.values())), ts, 0),
+                   Metric("pretrain_accelerator_seconds_total", float(accelerator_seconds), ts, 0)]
         self.client.log_batch(self.parent_run_id, metrics=metrics)
 
     def log_summary(self, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
@@ -176,8 +183,13 @@ class SweepTracker:
 class TrialTracker:
     """Worker side: one child run per trial, found again by its trial key on retry."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial: TrialSpec) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial: TrialSpec,
+                 device: str = "cpu", accelerator_share: float = 1.0) -> None:
+        """``accelerator_share``: GPUs held (a fraction when shared) on a GPU, CPU cores on a CPU;
+        accelerator_seconds = share x wall seconds."""
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.device = device
+        self.share = accelerator_share
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.trial = trial
@@ -209,7 +221,9 @@ class TrialTracker:
             },
         )
         self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=_params(trial_params(self.trial)))
+        params = trial_params(self.trial)
+        params.update(device=self.device, accelerator_share=self.share)
+        self.client.log_batch(self.run_id, params=_params(params))
         if not self.trial.is_dense:
             self.client.log_dict(self.run_id, {"sparsities": list(self.trial.sparsities)}, "schedule.json")
         return 0
@@ -222,8 +236,9 @@ class TrialTracker:
 
     def log_event(self, record: EventRecord) -> None:
         ts = _now_ms()
-        metrics = self._pending + [Metric(k, v, ts, record.event) for k, v in record.metrics().items()
-                                   if k not in ("event",)]
+        values = {k: v for k, v in record.metrics().items() if k != "event"}
+        values["accelerator_seconds"] = record.wall_seconds * self.share
+        metrics = self._pending + [Metric(k, v, ts, record.event) for k, v in values.items()]
         self._pending = []
         # log_batch accepts at most 1000 metrics per call
         for i in range(0, len(metrics), 900):
@@ -232,9 +247,16 @@ class TrialTracker:
     def log_dense(self, val_accuracy: float, test_accuracy: float, pretrain: PretrainResult) -> None:
         ts = _now_ms()
         values = {"sparsity": 0.0, "val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
-                  "cost_epochs": 0.0, "wall_seconds": 0.0,
+                  "cost_epochs": 0.0, "wall_seconds": 0.0, "accelerator_seconds": 0.0,
                   "pretrain_epochs": pretrain.epochs, "pretrain_wall_seconds": pretrain.wall_seconds}
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
+
+    def log_totals(self, record: EventRecord) -> None:
+        """Trial totals as plain run metrics, for the runs table and sorting in the UI."""
+        ts = _now_ms()
+        totals = {"total_cost_epochs": record.cost_epochs, "total_wall_seconds": record.wall_seconds,
+                  "total_accelerator_seconds": record.wall_seconds * self.share}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in totals.items()])
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
@@ -309,16 +331,3 @@ def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str) -> p
             })
     return pd.DataFrame(rows, columns=["run_id", "status", "trial_name", "trial_key", "strategy", "config_key",
                                        "config", "target_sparsity", "seed", "event", *EVENT_METRICS])
-
-
-def log_files(tracking_uri: str, run_id: str, files: Iterable[Path]) -> None:
-    client = _client(tracking_uri)
-    for f in files:
-        client.log_artifact(run_id, str(f))
-
-
-def write_temp_json(obj: Any) -> Path:
-    fd, path = tempfile.mkstemp(suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    return Path(path)

@@ -54,8 +54,10 @@ def train_trial(config: dict[str, Any]) -> None:
     ctx = config["ctx"]
     torch.set_num_threads(max(1, int(ctx["cpu_per_trial"])))
     device = pick_device(float(ctx["gpu_per_trial"]))
+    share = float(ctx["gpu_per_trial"]) if device.type == "cuda" else float(ctx["cpu_per_trial"])
 
-    tracker = TrialTracker(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial)
+    tracker = TrialTracker(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial,
+                           device=device.type, accelerator_share=share)
     logged_through = tracker.start()
     try:
         data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
@@ -78,7 +80,9 @@ def train_trial(config: dict[str, Any]) -> None:
         def on_event(record, state: LoopState) -> None:
             if record.event > logged_through:
                 tracker.log_event(record)
-            _report(record.metrics(), state)
+            if record.event == record.n_events:
+                tracker.log_totals(record)
+            _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share}, state)
 
         def on_epoch(record) -> None:
             if record.event > logged_through:
