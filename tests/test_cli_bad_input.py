@@ -68,7 +68,31 @@ def test_validate_refuses_too(good, tmp_path, capsys):
 def test_validate_prints_the_plan(quickstart_path, capsys):
     assert main(["validate", str(quickstart_path)]) == 0
     out = capsys.readouterr().out
-    assert "62 trials" in out and "at most 1800 epochs" in out
+    assert "62 trials" in out and "at most 1800 in patience trials + 80 pretraining" in out
+    assert "at most 1880 epochs" in out
+
+
+def test_validate_refuses_a_sweep_over_its_accelerator_hours(good, tmp_path, capsys):
+    # 1880 epochs x 0.5 s x 1 core = 0.261 accelerator-hours
+    good["budget"].update(sweep_accelerator_hours=0.25, epoch_seconds=0.5)
+    assert main(["validate", str(_write(tmp_path, good))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tune-prune: error: budget.sweep_accelerator_hours: the sweep plans up to 0.261")
+    good["budget"]["sweep_accelerator_hours"] = 0.3
+    assert main(["validate", str(_write(tmp_path, good))]) == 0
+    assert "at most 0.261 accelerator-hours" in capsys.readouterr().out
+
+
+def test_validate_refuses_a_sweep_over_its_epoch_budget(good, tmp_path, capsys):
+    good["budget"]["sweep_epochs"] = 1000
+    assert main(["validate", str(_write(tmp_path, good))]) == 2
+    assert "budget.sweep_epochs: the sweep plans up to 1880 epochs" in capsys.readouterr().err
+
+
+def test_accelerator_hours_need_an_epoch_time(good, tmp_path, capsys):
+    good["budget"]["sweep_accelerator_hours"] = 1
+    assert main(["validate", str(_write(tmp_path, good))]) == 2
+    assert "budget.epoch_seconds: is required" in capsys.readouterr().err
 
 
 def test_console_script_exit_code_is_2(tmp_path):

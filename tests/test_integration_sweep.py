@@ -45,9 +45,18 @@ def test_parent_run_has_spec_and_frontier_artifacts(sweep):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tune_prune.kind"] == "sweep"
     names = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
-    assert {"spec.yaml", "frontier.csv", "frontier.png", "events.csv", "pretraining.json"} <= names
+    assert {"spec.yaml", "frontier.csv", "frontier.png", "events.csv", "pretraining.json", "report.html",
+            "budget.png", "cost.png", "budget_matched.csv", "pareto.csv"} <= names
     assert parent.data.metrics["trials_failed"] == 0
     assert parent.data.metrics["pretrain_epochs_total"] == spec.pretrain.epochs * len(spec.seeds)
+    assert parent.data.metrics["pretrain_accelerator_seconds_total"] > 0
+    # the parent's sums equal the children's totals
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    total = sum(r.data.metrics.get("total_cost_epochs", 0) for r in children)
+    assert parent.data.metrics["trials_cost_epochs_total"] == total > 0
+    accel = sum(r.data.metrics.get("total_accelerator_seconds", 0) for r in children)
+    assert parent.data.metrics["trials_accelerator_seconds_total"] == pytest.approx(accel)
 
 
 def test_one_child_run_per_trial_with_params_and_per_event_metrics(sweep):
@@ -78,6 +87,11 @@ def test_one_child_run_per_trial_with_params_and_per_event_metrics(sweep):
             assert abs(by_step[step] - scheduled) < 1e-4
         cost = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "cost_epochs")}
         assert cost[n] <= spec.budget.epochs
+        assert run.data.metrics["total_cost_epochs"] == cost[n]
+        wall = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "wall_seconds")}
+        accel = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "accelerator_seconds")}
+        assert p["device"] == "cpu" and float(p["accelerator_share"]) == spec.resources.cpu
+        assert accel[n] == pytest.approx(wall[n] * spec.resources.cpu)
         epochs = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
         assert sorted(m.step for m in epochs) == list(range(1, int(cost[n]) + 1))
 
@@ -111,3 +125,40 @@ def test_second_sweep_reuses_the_cached_dense_models(sweep, quickstart_path):
 
     for t in spec.trials():
         assert load(work / ".tune_prune_cache", t.dense_key) is not None
+
+
+def test_recommend_json_answers_from_the_recorded_sweep(sweep, capsys):
+    _, spec, outcome = sweep
+    code = main(["recommend", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--sparsity", "0.9", "--budget-epochs", str(spec.budget.epochs), "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["status"] in ("ok", "single_strategy")
+    assert payload["winner"]["strategy"] in {"one_shot", "constant", "geometric", "hybrid"}
+    assert payload["winner"]["sparsity_mean"] >= 0.9 - 1e-4
+    assert payload["comparison"] is None or payload["comparison"]["method"] == "none"  # one seed in the smoke test
+
+
+def test_recommend_beyond_the_data_names_nearest_points(sweep, capsys):
+    _, spec, outcome = sweep
+    code = main(["recommend", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--sparsity", "0.99", "--budget-epochs", "3"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "no answer" in out and "nearest points" in out
+
+
+def test_recommend_refuses_a_bad_sparsity(sweep, capsys):
+    _, spec, outcome = sweep
+    assert main(["recommend", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--sparsity", "1.5"]) == 2
+    assert "--sparsity: must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_report_command_writes_files_and_logs_them(sweep, tmp_path):
+    _, spec, outcome = sweep
+    out = tmp_path / "rep"
+    assert main(["report", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri, "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Frontier" in html
+    assert (out / "budget.png").stat().st_size > 1000

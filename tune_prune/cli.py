@@ -17,31 +17,26 @@ def _fail(msg: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def planned_epochs(spec: SweepSpec) -> tuple[int, int]:
-    """(exact epochs of fixed-epoch trials, cap of patience trials): what validate prints."""
-    fixed = cap = 0
-    for t in spec.trials():
-        if t.is_dense:
-            continue
-        if t.mode == "fixed":
-            fixed += len(t.sparsities) * t.epochs_per_event
-        else:
-            cap += t.budget.epochs
-    return fixed, cap
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, smoke_test=args.smoke_test)
     trials = spec.trials()
     per = Counter(t.schedule for t in trials)
-    fixed, cap = planned_epochs(spec)
+    plan = spec.planned_cost()
     print(f"{args.spec}: valid ({'smoke test, ' if args.smoke_test else ''}{len(trials)} trials)")
     print(f"  model {spec.model.name} on {spec.dataset.name}; budget {spec.budget.epochs} epochs per trial "
           f"({spec.budget.policy}); seeds {list(spec.seeds)}; target sparsities {list(spec.target_sparsities)}")
     for name, count in per.items():
         print(f"  {name:<10} {count:>4} trials")
-    print(f"  planned fine-tuning: {fixed} epochs in fixed-epoch trials + at most {cap} in patience trials "
-          f"= at most {fixed + cap} epochs; resources per trial: cpu {spec.resources.cpu}, gpu {spec.resources.gpu}")
+    print(f"  planned cost: {plan.fixed_epochs} epochs in fixed-epoch trials + at most {plan.patience_cap_epochs} "
+          f"in patience trials + {plan.pretrain_epochs} pretraining (if not cached) = at most {plan.total_epochs} epochs")
+    if plan.accelerator_hours is not None:
+        print(f"  = at most {plan.accelerator_hours:.3g} accelerator-hours at {plan.epoch_seconds:g} s/epoch "
+              f"x {plan.accelerator_share:g} per trial")
+    limits = spec.sweep_budget
+    if limits.epochs is not None or limits.accelerator_hours is not None:
+        print(f"  within the sweep budget: epochs {limits.epochs or '-'}, accelerator-hours "
+              f"{limits.accelerator_hours or '-'}")
+    print(f"  resources per trial: cpu {spec.resources.cpu}, gpu {spec.resources.gpu}")
     return 0
 
 
@@ -86,6 +81,65 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_sweep(args: argparse.Namespace):
+    from tune_prune.tracking import find_sweep_run, load_records, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    run = find_sweep_run(uri, args.experiment, args.run_id)
+    records = load_records(uri, run.info.experiment_id, run.info.run_id)
+    return uri, run, records[records["status"] == "FINISHED"]
+
+
+def _positive(value: float | None, flag: str) -> None:
+    if value is not None and not value > 0:
+        raise SpecError(flag, f"must be > 0, got {value:g}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from tune_prune.recommend import format_recommendation, recommend
+
+    if not 0.0 < args.sparsity < 1.0:
+        raise SpecError("--sparsity", f"must be in (0, 1), got {args.sparsity:g}")
+    _positive(args.budget_epochs, "--budget-epochs")
+    _positive(args.budget_gpu_hours, "--budget-gpu-hours")
+    try:
+        _, run, records = _load_sweep(args)
+    except LookupError as exc:
+        return _fail(str(exc))
+    seconds = args.budget_gpu_hours * 3600 if args.budget_gpu_hours is not None else None
+    rec = recommend(records, args.sparsity, args.budget_epochs, seconds)
+    if args.json:
+        payload = rec.to_dict()
+        payload["sweep_run_id"] = run.info.run_id
+        payload["experiment"] = args.experiment
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(f"experiment '{args.experiment}', sweep run {run.info.run_name} ({run.info.run_id})")
+        print(format_recommendation(rec))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tune_prune import report
+    from tune_prune.tracking import log_artifacts
+
+    try:
+        uri, run, records = _load_sweep(args)
+    except LookupError as exc:
+        return _fail(str(exc))
+    out = Path(args.out or f"tune_prune_report/{run.info.run_name}")
+    files = report.build_report(records, out, f"{args.experiment}: sweep {run.info.run_name}")
+    if not args.no_log:
+        log_artifacts(uri, run.info.run_id, files)
+    print(f"report written to {out}/ ({', '.join(f.name for f in files)})"
+          + ("" if args.no_log else f"; logged to sweep run {run.info.run_id}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tune-prune", description="Compare one-shot, iterative and hybrid "
                                 "pruning under a compute budget (Ray Tune + MLflow).")
@@ -110,6 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tracking-uri")
     f.add_argument("--csv", help="also write the frontier table to this CSV file")
     f.set_defaults(func=cmd_frontier)
+
+    r = sub.add_parser("recommend", help="the best strategy at a sparsity within a budget, with its evidence")
+    r.add_argument("--experiment", required=True)
+    r.add_argument("--sparsity", type=float, required=True, help="required sparsity, in (0, 1)")
+    r.add_argument("--budget-epochs", type=float, help="most fine-tuning epochs a trial may have spent")
+    r.add_argument("--budget-gpu-hours", type=float,
+                   help="most accelerator-hours a trial may have spent (GPU share x hours; core-hours on CPU)")
+    r.add_argument("--run-id", help="a specific sweep (parent) run; default: the newest")
+    r.add_argument("--tracking-uri")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(func=cmd_recommend)
+
+    rp = sub.add_parser("report", help="write plots and an HTML summary of a sweep and log them to its parent run")
+    rp.add_argument("--experiment", required=True)
+    rp.add_argument("--run-id")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--out", help="output directory; default tune_prune_report/<sweep run name>")
+    rp.add_argument("--no-log", action="store_true", help="do not log the files to MLflow")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,12 +1,19 @@
-"""Frontier -> printable table, CSV and PNG plot."""
+"""Frontier analysis -> printable tables, CSVs, PNG plots and a self-contained HTML page."""
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from tune_prune import frontier as fr
+from tune_prune.recommend import recommend
+
+COLORS = {"one_shot": "tab:blue", "constant": "tab:orange", "geometric": "tab:green", "hybrid": "tab:red"}
 
 
 def format_frontier(front: pd.DataFrame, dense: dict[str, float]) -> str:
@@ -32,28 +39,170 @@ def write_csv(front: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def plot_frontier(front: pd.DataFrame, dense: dict[str, float], path: str | Path, title: str = "") -> Path:
-    """Test accuracy vs sparsity per strategy (error bars: std over seeds) with the dense baseline."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_frontier(front: pd.DataFrame, dense: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """Test accuracy vs sparsity per strategy, 95% CI band over seeds, dense baseline dashed."""
+    plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for strategy, part in front.groupby("strategy"):
         part = part.sort_values("sparsity_level")
-        ax.errorbar(part["sparsity_level"] * 100, part["test_accuracy_mean"] * 100,
-                    yerr=part["test_accuracy_std"] * 100, marker="o", capsize=3, label=strategy)
+        x = part["sparsity_level"] * 100
+        y = part["test_accuracy_mean"] * 100
+        ci = part["test_accuracy_ci95"] * 100 if "test_accuracy_ci95" in part else 0 * y
+        color = COLORS.get(strategy)
+        ax.plot(x, y, marker="o", label=strategy, color=color)
+        ax.fill_between(x, (y - ci).clip(lower=0), (y + ci).clip(upper=100), alpha=0.15, color=color)
     if dense.get("seeds"):
         ax.axhline(dense["test_accuracy_mean"] * 100, color="black", linestyle="--", linewidth=1,
                    label=f"dense ({dense['test_accuracy_mean'] * 100:.1f}%)")
+    if not front.empty:
+        # scale to the means; with two or three seeds a 95% band can span most of the axis
+        low = float(front["test_accuracy_mean"].min() * 100)
+        ax.set_ylim(max(0.0, low - 0.25 * (100 - low) - 2), 100.5)
     ax.set_xlabel("sparsity (% of prunable weights removed)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "accuracy-sparsity frontier")
+    ax.set_title(title or "accuracy-sparsity frontier (band: 95% CI over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_budget(matched: pd.DataFrame, levels: Sequence[float], path: str | Path) -> Path:
+    """Best test accuracy reachable within each budget, one panel per sparsity level."""
+    plt = _pyplot()
+    path = Path(path)
+    levels = list(levels)
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.6), dpi=110, squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        part = matched[np.isclose(matched["sparsity_level"], level)]
+        for strategy, s in part.groupby("strategy"):
+            s = s.sort_values("budget")
+            ax.plot(s["budget"], s["test_accuracy_mean"] * 100, marker="o", drawstyle="steps-post",
+                    label=strategy, color=COLORS.get(strategy))
+        ax.set_title(f"sparsity >= {level:g}")
+        ax.set_xlabel("budget (fine-tuning epochs)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%) of best-on-val config")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_cost(front: pd.DataFrame, path: str | Path) -> Path:
+    """Fine-tuning epochs spent by each strategy's frontier configuration, per sparsity."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for strategy, part in front.groupby("strategy"):
+        part = part.sort_values("sparsity_level")
+        ax.plot(part["sparsity_level"] * 100, part["cost_epochs_mean"], marker="s", label=strategy,
+                color=COLORS.get(strategy))
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("fine-tuning epochs spent (mean over seeds)")
+    ax.set_title("cost of each strategy's frontier point")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def budget_levels(records: pd.DataFrame, n: int = 6) -> list[float]:
+    """Budgets to show: evenly spread from the cheapest to the most expensive trial."""
+    pruned = records[records["strategy"] != fr.DENSE]
+    if pruned.empty:
+        return []
+    hi = float(pruned["cost_epochs"].max())
+    return sorted({float(round(v)) for v in np.linspace(max(1.0, hi / n), hi, n)})
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
+                 levels: Sequence[float] | None = None) -> list[Path]:
+    """Write every report file for one sweep into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    finished = records[records["status"] == "FINISHED"] if "status" in records else records
+    levels = fr.default_levels(finished) if levels is None else list(levels)
+    front = fr.frontier(finished, levels)
+    dense = fr.dense_baseline(finished)
+    per_config = fr.config_points(finished, levels)
+    budgets = budget_levels(finished)
+    matched = fr.budget_matched(finished, budgets, levels)
+    pareto = fr.pareto_front(per_config)
+
+    files = [
+        write_csv(front, out / "frontier.csv"),
+        write_csv(matched, out / "budget_matched.csv"),
+        write_csv(pareto, out / "pareto.csv"),
+        plot_frontier(front, dense, out / "frontier.png", title=title),
+        plot_cost(front, out / "cost.png"),
+    ]
+    shown = levels[-4:] if len(levels) > 4 else levels
+    files.append(plot_budget(matched, shown, out / "budget.png"))
+
+    rows = []
+    for level in levels:
+        rec = recommend(finished, level) if not front.empty else None
+        if rec is None or rec.winner is None:
+            continue
+        cmp = rec.comparison
+        rows.append({
+            "sparsity": f"{level:g}",
+            "winner": rec.winner.strategy,
+            "test acc (%)": f"{rec.winner.test_accuracy_mean * 100:.2f} ± {rec.winner.test_accuracy_ci95 * 100:.2f}",
+            "runner-up": rec.runner_up.strategy if rec.runner_up else "-",
+            "difference (pt)": f"{cmp.difference * 100:+.2f}" if cmp else "-",
+            "p": f"{cmp.p_value:.3g}" if cmp and cmp.p_value is not None else "-",
+            "distinguishable": ("yes" if cmp.distinguishable else "no") if cmp else "-",
+            "winner config": rec.winner.config,
+        })
+    recs = pd.DataFrame(rows)
+    pivot = fr.pivot(front)
+    dense_line = (f"Dense baseline: {dense['test_accuracy_mean'] * 100:.2f} ± {dense['test_accuracy_std'] * 100:.2f} % "
+                  f"test accuracy over {dense['seeds']} seed(s).") if dense.get("seeds") else "No dense baseline finished."
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+img{{max-width:100%;margin:0.5em 0}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(dense_line)} {finished['trial_key'].nunique()} finished trials.
+Each strategy's point at a sparsity is its configuration with the best mean validation accuracy among
+runs that reached at least that sparsity; test accuracy is reported as mean ± 95% CI half-width over seeds.</p>
+<h2>Frontier</h2>{_img(out / "frontier.png")}
+{pivot.to_html() if not pivot.empty else "<p>no frontier</p>"}
+<h2>Recommendation per sparsity (whole budget)</h2>
+{recs.to_html(index=False) if not recs.empty else "<p>none</p>"}
+<p>Winner chosen on validation accuracy; the difference to the runner-up is tested on test accuracy over
+seeds (paired t-test where seeds are shared). "no" means the seeds cannot separate them. Use
+<code>tune-prune recommend --sparsity S --budget-epochs B</code> for other budgets.</p>
+<h2>Accuracy within a budget</h2>{_img(out / "budget.png")}
+<h2>Cost</h2>{_img(out / "cost.png")}
+<h2>Pareto front (sparsity ↑, test accuracy ↑, fine-tuning epochs ↓)</h2>
+{pareto[["strategy", "config", "sparsity_mean", "test_accuracy_mean", "cost_epochs_mean", "seeds"]].to_html(index=False) if not pareto.empty else "<p>empty</p>"}
+</body></html>
+"""
+    page_path = out / "report.html"
+    page_path.write_text(page)
+    files.append(page_path)
+    return files

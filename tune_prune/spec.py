@@ -113,6 +113,36 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True)
+class SweepBudgetSpec:
+    """Limits on the whole sweep's plan (they do not change any trial, so not part of trial keys)."""
+
+    epochs: int | None = None  # total fine-tuning + pretraining epochs
+    accelerator_hours: float | None = None  # GPU share x hours (core-hours on CPU)
+    epoch_seconds: float | None = None  # the user's estimate of one epoch on one trial's resources
+
+
+@dataclass(frozen=True)
+class PlannedCost:
+    """What a sweep would spend at most: fixed-epoch trials exactly, patience trials at their cap."""
+
+    fixed_epochs: int
+    patience_cap_epochs: int
+    pretrain_epochs: int
+    accelerator_share: float  # per trial: GPU fraction, or cores on CPU
+    epoch_seconds: float | None
+
+    @property
+    def total_epochs(self) -> int:
+        return self.fixed_epochs + self.patience_cap_epochs + self.pretrain_epochs
+
+    @property
+    def accelerator_hours(self) -> float | None:
+        if self.epoch_seconds is None:
+            return None
+        return self.total_epochs * self.epoch_seconds * self.accelerator_share / 3600
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
     cpu: float = 1.0
     gpu: float = 0.0
@@ -234,7 +264,22 @@ class SweepSpec:
     max_failures: int = 0
     storage_path: str = "tune_prune_runs"
     cache_dir: str = ".tune_prune_cache"
+    sweep_budget: SweepBudgetSpec = field(default_factory=SweepBudgetSpec)
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
+
+    def planned_cost(self) -> PlannedCost:
+        """Upper bound of the sweep's cost; pretraining counted as if no dense model were cached."""
+        fixed = cap = 0
+        for t in self.trials():
+            if t.is_dense:
+                continue
+            if t.mode == "fixed":
+                fixed += len(t.sparsities) * t.epochs_per_event
+            else:
+                cap += t.budget.epochs
+        share = self.resources.gpu if self.resources.gpu > 0 else self.resources.cpu
+        return PlannedCost(fixed, cap, self.pretrain.epochs * len(self.seeds), share,
+                           self.sweep_budget.epoch_seconds)
 
     def resolved_dict(self) -> dict[str, Any]:
         return _thaw(self.resolved)
@@ -312,7 +357,9 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     model = _model(_section(raw, "model", required=True))
     pretrain = _dataclass(PretrainSpec, _section(raw, "pretrain"), "pretrain")
     finetune = _dataclass(FinetuneSpec, _section(raw, "finetune"), "finetune")
-    budget = _budget(_section(raw, "budget", required=True))
+    budget_raw = _section(raw, "budget", required=True)
+    sweep_budget = _sweep_budget(budget_raw)
+    budget = _budget(budget_raw)
     targets = _targets(raw.get("target_sparsities"))
     seeds = _seeds(raw.get("seeds", [0]))
     strategies = _strategies(raw.get("strategies"))
@@ -325,12 +372,13 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     spec = SweepSpec(
         name=name, dataset=dataset, model=model, pretrain=pretrain, finetune=finetune,
         budget=budget, target_sparsities=targets, seeds=seeds, strategies=strategies,
-        resources=resources, max_failures=max_failures,
+        resources=resources, max_failures=max_failures, sweep_budget=sweep_budget,
         storage_path=str(raw.get("storage_path", "tune_prune_runs")),
         cache_dir=str(raw.get("cache_dir", ".tune_prune_cache")),
         resolved=_frozen(raw),
     )
     _check_budget_fits(spec.trials())
+    _check_sweep_budget(spec)
     return spec
 
 
@@ -428,8 +476,41 @@ def _model(d: dict[str, Any]) -> ModelSpec:
     return ModelSpec(name=name, options=_frozen(d))
 
 
+_SWEEP_BUDGET_KEYS = ("sweep_epochs", "sweep_accelerator_hours", "epoch_seconds")
+
+
+def _sweep_budget(d: dict[str, Any]) -> SweepBudgetSpec:
+    values = {k: d.pop(k) for k in _SWEEP_BUDGET_KEYS if k in d}
+    if "sweep_epochs" in values:
+        _int(values["sweep_epochs"], "budget.sweep_epochs", minimum=1)
+    for k in ("sweep_accelerator_hours", "epoch_seconds"):
+        if k in values and _number(values[k], f"budget.{k}") <= 0:
+            raise SpecError(f"budget.{k}", f"must be > 0, got {values[k]}")
+    if "sweep_accelerator_hours" in values and "epoch_seconds" not in values:
+        raise SpecError("budget.epoch_seconds", "is required with budget.sweep_accelerator_hours: the seconds "
+                        "one epoch takes on one trial's resources (time a --smoke-test run to measure it)")
+    return SweepBudgetSpec(epochs=values.get("sweep_epochs"),
+                           accelerator_hours=values.get("sweep_accelerator_hours"),
+                           epoch_seconds=values.get("epoch_seconds"))
+
+
+def _check_sweep_budget(spec: SweepSpec) -> None:
+    plan, limits = spec.planned_cost(), spec.sweep_budget
+    if limits.epochs is not None and plan.total_epochs > limits.epochs:
+        raise SpecError("budget.sweep_epochs", f"the sweep plans up to {plan.total_epochs} epochs "
+                        f"({plan.fixed_epochs} fixed + {plan.patience_cap_epochs} patience cap + "
+                        f"{plan.pretrain_epochs} pretraining) but budget.sweep_epochs={limits.epochs}; "
+                        "cut seeds, sparsities or knob values, or lower budget.epochs")
+    hours = plan.accelerator_hours
+    if limits.accelerator_hours is not None and hours is not None and hours > limits.accelerator_hours:
+        raise SpecError("budget.sweep_accelerator_hours",
+                        f"the sweep plans up to {hours:.3g} accelerator-hours ({plan.total_epochs} epochs x "
+                        f"{plan.epoch_seconds:g} s x {plan.accelerator_share:g} per trial) but the limit is "
+                        f"{limits.accelerator_hours:g}; cut seeds, sparsities or knob values, or lower budget.epochs")
+
+
 def _budget(d: dict[str, Any]) -> BudgetSpec:
-    _no_unknown(d, ("epochs", "policy"), "budget")
+    _no_unknown(d, ("epochs", "policy") + _SWEEP_BUDGET_KEYS, "budget")
     if "epochs" not in d:
         raise SpecError("budget.epochs", "is required: the most fine-tuning epochs one trial may spend")
     epochs = d["epochs"]

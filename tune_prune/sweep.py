@@ -191,10 +191,9 @@ def run_sweep(
     front = fr.frontier(finished, spec.target_sparsities)
     dense = fr.dense_baseline(finished)
     with tempfile.TemporaryDirectory() as tmp:
-        csv = report.write_csv(front, Path(tmp) / "frontier.csv")
-        png = report.plot_frontier(front, dense, Path(tmp) / "frontier.png", title=f"{spec.name}: {spec.model.name} on {spec.dataset.name}")
-        tracker.log_artifact(csv)
-        tracker.log_artifact(png)
+        title = f"{spec.name}: {spec.model.name} on {spec.dataset.name}"
+        for path in report.build_report(records, tmp, title, spec.target_sparsities):
+            tracker.log_artifact(path)
         events_csv = Path(tmp) / "events.csv"
         records.to_csv(events_csv, index=False)
         tracker.log_artifact(events_csv)

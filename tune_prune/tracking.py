@@ -331,3 +331,10 @@ def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str) -> p
             })
     return pd.DataFrame(rows, columns=["run_id", "status", "trial_name", "trial_key", "strategy", "config_key",
                                        "config", "target_sparsity", "seed", "event", *EVENT_METRICS])
+
+
+def log_artifacts(tracking_uri: str, run_id: str, files: list[Path]) -> None:
+    """Attach files to a run (also a finished one, e.g. a report made later)."""
+    client = _client(tracking_uri)
+    for f in files:
+        client.log_artifact(run_id, str(f))
