@@ -115,7 +115,7 @@ def test_bad_input_names_the_field_and_what_is_accepted(raw, path, value, field,
 
 def test_iterative_schedule_with_more_events_than_budget_is_refused(raw):
     raw["strategies"]["geometric"]["rate0"] = 0.02  # 0.98 needs 194 events
-    with pytest.raises(SpecError, match=r"budget.epochs: geometric\(target=0.98, rate0=0.02\) has 194 prune events .*\(11 other trial\(s\) too\).*>= 194"):
+    with pytest.raises(SpecError, match=r"budget.epochs: geometric\(target=0.98, rate0=0.02\) has 194 prune events .*\(5 other configuration\(s\) too\).*>= 194"):
         parse_spec(raw)
 
 

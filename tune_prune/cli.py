@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from typing import Sequence
 
-from tune_prune.spec import SpecError, SweepSpec, load_spec
+from tune_prune.spec import SpecError, load_spec
 
 EXIT_BAD_INPUT = 2
 
@@ -22,7 +22,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     trials = spec.trials()
     per = Counter(t.schedule for t in trials)
     plan = spec.planned_cost()
-    print(f"{args.spec}: valid ({'smoke test, ' if args.smoke_test else ''}{len(trials)} trials)")
+    if spec.search.mode == "adaptive":
+        sr = spec.search
+        brackets = len(spec.strategies) * len(spec.target_sparsities)
+        print(f"{args.spec}: valid ({'smoke test, ' if args.smoke_test else ''}adaptive search: {brackets} "
+              f"(strategy, sparsity) brackets x up to {sr.num_samples} Optuna samples on seed {spec.seeds[0]}, "
+              f"ASHA (grace {sr.grace_period:g} doublings, factor {sr.reduction_factor}), top {sr.confirm_top} "
+              f"re-run on {len(spec.seeds) - 1} more seed(s); {len(trials)} dense baselines)")
+    else:
+        print(f"{args.spec}: valid ({'smoke test, ' if args.smoke_test else ''}{len(trials)} trials)")
     print(f"  model {spec.model.name} on {spec.dataset.name}; budget {spec.budget.epochs} epochs per trial "
           f"({spec.budget.policy}); seeds {list(spec.seeds)}; target sparsities {list(spec.target_sparsities)}")
     for name, count in per.items():
@@ -63,7 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_frontier(args: argparse.Namespace) -> int:
     from tune_prune import frontier as fr
     from tune_prune import report
-    from tune_prune.tracking import find_sweep_run, load_records, resolve_tracking_uri
+    from tune_prune.tracking import USABLE_STATUSES, find_sweep_run, load_records, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -71,7 +79,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     except LookupError as exc:
         return _fail(str(exc))
     records = load_records(uri, run.info.experiment_id, run.info.run_id)
-    finished = records[records["status"] == "FINISHED"]
+    finished = records[records["status"].isin(USABLE_STATUSES)]
     front = fr.frontier(finished)
     print(f"sweep run {run.info.run_name} ({run.info.run_id}), {records['trial_key'].nunique()} trials")
     print(report.format_frontier(front, fr.dense_baseline(finished)))
@@ -82,12 +90,12 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def _load_sweep(args: argparse.Namespace):
-    from tune_prune.tracking import find_sweep_run, load_records, resolve_tracking_uri
+    from tune_prune.tracking import USABLE_STATUSES, find_sweep_run, load_records, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     run = find_sweep_run(uri, args.experiment, args.run_id)
     records = load_records(uri, run.info.experiment_id, run.info.run_id)
-    return uri, run, records[records["status"] == "FINISHED"]
+    return uri, run, records[records["status"].isin(USABLE_STATUSES)]
 
 
 def _positive(value: float | None, flag: str) -> None:

@@ -15,7 +15,10 @@ Rules (stated once, tested):
   point at p averages over its seeds.
 - A strategy's frontier point at p is its configuration with the best mean
   VALIDATION accuracy (ties: lower mean cost, then config_key); test accuracy is
-  reported for that choice, never used to make it.
+  reported for that choice, never used to make it. Only configurations with the
+  most seeds at that point compete: one measured on fewer seeds (an adaptive
+  search sample that was not confirmed, a grid point whose seed failed) cannot
+  displace one measured on more.
 - Spread over seeds: sample standard deviation and the half-width of a 95%
   Student-t confidence interval of the mean (0 with a single seed: unknown, and
   ``seeds`` says so).
@@ -115,6 +118,8 @@ def best_per_strategy(per_config: pd.DataFrame) -> pd.DataFrame:
     """Each (strategy, level)'s configuration with the best mean validation accuracy."""
     if per_config.empty:
         return pd.DataFrame(columns=FRONTIER_COLUMNS)
+    most = per_config.groupby(["strategy", "sparsity_level"])["seeds"].transform("max")
+    per_config = per_config[per_config["seeds"] == most]
     best = (
         per_config.sort_values(
             ["strategy", "sparsity_level", "val_accuracy_mean", "cost_epochs_mean", "config_key"],

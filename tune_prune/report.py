@@ -141,7 +141,7 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
     """Write every report file for one sweep into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    finished = records[records["status"] == "FINISHED"] if "status" in records else records
+    finished = records[records["status"].isin(("FINISHED", "KILLED"))] if "status" in records else records
     levels = fr.default_levels(finished) if levels is None else list(levels)
     front = fr.frontier(finished, levels)
     dense = fr.dense_baseline(finished)

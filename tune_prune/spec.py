@@ -240,13 +240,59 @@ def _hash(obj: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Range:
+    """A knob searched over an interval (adaptive search only)."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def endpoints(self) -> tuple[Any, Any]:
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How the sweep explores each strategy's knobs.
+
+    grid: every combination. adaptive: per (strategy, target sparsity), Optuna samples
+    ``num_samples`` configurations on the first seed while ASHA stops the weak ones;
+    then the ``confirm_top`` best configurations are re-run on every other seed.
+
+    The fairness rule: ASHA's time axis is the compression reached, in doublings
+    (-log2(1 - sparsity): 1 = 50 %, 2 = 75 %, 3 = 87.5 %), not epochs. Trials are
+    compared only within their own (strategy, target) and only once they have
+    reached the same sparsity, so a configuration that prunes faster is never cut
+    for being sparser at equal cost. ``grace_period`` is in doublings.
+    """
+
+    mode: str = "grid"
+    num_samples: int = 8
+    confirm_top: int = 1
+    grace_period: float = 1.0
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     schedule: str
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
 
     def points(self) -> list[dict[str, Any]]:
+        """Every grid point (grid mode; ranges are not allowed there)."""
         keys = [k for k, _ in self.grid]
         return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in self.grid))]
+
+    def corners(self) -> list[dict[str, Any]]:
+        """Grid points with every range replaced by its two endpoints: event counts and costs are
+        monotone in each knob, so if every corner fits the budget, every sampled point does."""
+        keys = [k for k, _ in self.grid]
+        axes = [v[0].endpoints() if len(v) == 1 and isinstance(v[0], Range) else v for _, v in self.grid]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+    def has_ranges(self) -> bool:
+        return any(isinstance(x, Range) for _, values in self.grid for x in values)
 
 
 @dataclass(frozen=True)
@@ -265,11 +311,25 @@ class SweepSpec:
     storage_path: str = "tune_prune_runs"
     cache_dir: str = ".tune_prune_cache"
     sweep_budget: SweepBudgetSpec = field(default_factory=SweepBudgetSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
+
+    def base(self) -> dict[str, Any]:
+        """The settings every trial of this sweep shares."""
+        return dict(dataset=self.dataset, model=self.model, pretrain=self.pretrain,
+                    finetune=self.finetune, budget=self.budget)
+
+    def dense_trials(self) -> list[TrialSpec]:
+        return [TrialSpec(**self.base(), schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
 
     def planned_cost(self) -> PlannedCost:
         """Upper bound of the sweep's cost; pretraining counted as if no dense model were cached."""
         fixed = cap = 0
+        if self.search.mode == "adaptive":
+            # every sample may run to the cap; confirmations re-run the best on the other seeds
+            brackets = len(self.strategies) * len(self.target_sparsities)
+            runs = brackets * (self.search.num_samples + self.search.confirm_top * (len(self.seeds) - 1))
+            cap = runs * self.budget.epochs
         for t in self.trials():
             if t.is_dense:
                 continue
@@ -285,25 +345,44 @@ class SweepSpec:
         return _thaw(self.resolved)
 
     def trials(self) -> list[TrialSpec]:
-        """Dense baselines first (one per seed), then every strategy point, in spec order."""
-        base = dict(dataset=self.dataset, model=self.model, pretrain=self.pretrain,
-                    finetune=self.finetune, budget=self.budget)
-        out = [TrialSpec(**base, schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
+        """Grid mode: dense baselines first (one per seed), then every strategy point, in spec order.
+
+        Adaptive mode: the dense baselines only; the driver samples the rest.
+        """
+        out = self.dense_trials()
+        if self.search.mode == "adaptive":
+            return out
         for strat in self.strategies:
             for point in strat.points():
                 for target in self.target_sparsities:
                     for seed in self.seeds:
-                        out.append(_make_trial(base, strat.schedule, point, target, seed))
+                        out.append(make_trial(self.base(), strat.schedule, point, target, seed))
+        return out
+
+    def corner_trials(self) -> list[TrialSpec]:
+        """The extreme configurations of every strategy (equal to trials() in grid mode)."""
+        out = []
+        for strat in self.strategies:
+            for point in strat.corners():
+                for target in self.target_sparsities:
+                    out.append(make_trial(self.base(), strat.schedule, point, target, self.seeds[0]))
         return out
 
 
-def _make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], target: float, seed: int) -> TrialSpec:
+def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], target: float, seed: int) -> TrialSpec:
+    """One trial from shared settings, a strategy point (knob -> value), a target and a seed."""
     point = dict(point)
     finetune = base["finetune"]
     if "lr" in point:
         finetune = replace(finetune, lr=point.pop("lr"))
     extras = {k: point.pop(k, None) for k in ("patience", "first_patience", "epochs_per_event")}
     knobs = tuple(sorted((k, float(v)) for k, v in point.items()))
+    if extras["patience"] is not None:
+        extras["patience"] = int(extras["patience"])
+    if extras["first_patience"] is not None:
+        extras["first_patience"] = int(extras["first_patience"])
+    if extras["epochs_per_event"] is not None:
+        extras["epochs_per_event"] = int(extras["epochs_per_event"])
     return TrialSpec(**{**base, "finetune": finetune}, schedule=schedule, target=float(target),
                      seed=int(seed), knobs=knobs, **extras)
 
@@ -312,7 +391,7 @@ def _make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], targ
 
 _TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities",
              "seeds", "strategies", "resources", "max_failures", "storage_path", "cache_dir",
-             "smoke_test")
+             "search", "smoke_test")
 
 
 def load_spec(path: str | Path, smoke_test: bool = False) -> SweepSpec:
@@ -362,7 +441,8 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     budget = _budget(budget_raw)
     targets = _targets(raw.get("target_sparsities"))
     seeds = _seeds(raw.get("seeds", [0]))
-    strategies = _strategies(raw.get("strategies"))
+    search = _search(_section(raw, "search"))
+    strategies = _strategies(raw.get("strategies"), adaptive=search.mode == "adaptive")
     resources = _dataclass(ResourcesSpec, _section(raw, "resources"), "resources")
     if resources.cpu <= 0:
         raise SpecError("resources.cpu", f"must be > 0, got {resources.cpu}")
@@ -372,12 +452,12 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     spec = SweepSpec(
         name=name, dataset=dataset, model=model, pretrain=pretrain, finetune=finetune,
         budget=budget, target_sparsities=targets, seeds=seeds, strategies=strategies,
-        resources=resources, max_failures=max_failures, sweep_budget=sweep_budget,
+        resources=resources, max_failures=max_failures, sweep_budget=sweep_budget, search=search,
         storage_path=str(raw.get("storage_path", "tune_prune_runs")),
         cache_dir=str(raw.get("cache_dir", ".tune_prune_cache")),
         resolved=_frozen(raw),
     )
-    _check_budget_fits(spec.trials())
+    _check_budget_fits(spec.corner_trials())
     _check_sweep_budget(spec)
     return spec
 
@@ -553,7 +633,40 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _strategies(value: Any) -> tuple[StrategySpec, ...]:
+def _search(d: dict[str, Any]) -> SearchSpec:
+    accepted = [f.name for f in fields(SearchSpec)]
+    _no_unknown(d, accepted, "search")
+    mode = d.get("mode", "grid")
+    if mode not in ("grid", "adaptive"):
+        raise SpecError("search.mode", f"unknown mode '{mode}'; accepted: adaptive, grid")
+    values: dict[str, Any] = {k: _int(d[k], f"search.{k}", minimum=2 if k == "reduction_factor" else 1)
+                              for k in ("num_samples", "confirm_top", "reduction_factor") if k in d}
+    if "grace_period" in d:
+        values["grace_period"] = _number(d["grace_period"], "search.grace_period")
+        if values["grace_period"] <= 0:
+            raise SpecError("search.grace_period", f"must be > 0 (compression doublings), got {d['grace_period']}")
+    return SearchSpec(mode=mode, **values)
+
+
+def _range(value: Mapping[str, Any], field_name: str, key: str) -> Range:
+    _no_unknown(value, ("low", "high", "log"), field_name)
+    if "low" not in value or "high" not in value:
+        raise SpecError(field_name, "a range needs low and high, e.g. {low: 0.05, high: 0.3}")
+    low, high = value["low"], value["high"]
+    integer = key in ("patience", "first_patience", "epochs_per_event")
+    for bound in (low, high):
+        _check_knob(field_name, key, bound)
+    if integer and not (isinstance(low, int) and isinstance(high, int)):
+        raise SpecError(field_name, f"{key} ranges take integers, got {low!r}..{high!r}")
+    if not low < high:
+        raise SpecError(field_name, f"low must be < high, got {low!r}..{high!r}")
+    log = bool(value.get("log", False))
+    if log and low <= 0:
+        raise SpecError(field_name, "a log range needs low > 0")
+    return Range(low=low, high=high, log=log, integer=integer)
+
+
+def _strategies(value: Any, adaptive: bool = False) -> tuple[StrategySpec, ...]:
     accepted = ", ".join(sorted(SCHEDULE_KNOBS))
     if not isinstance(value, Mapping) or not value:
         raise SpecError("strategies", f"must map schedule names ({accepted}) to their knobs")
@@ -572,6 +685,12 @@ def _strategies(value: Any) -> tuple[StrategySpec, ...]:
         grid = []
         for k in allowed:
             if k not in knobs:
+                continue
+            if isinstance(knobs[k], Mapping):
+                if not adaptive:
+                    raise SpecError(f"{where}.{k}", "ranges ({low, high}) need search.mode: adaptive; "
+                                    "in a grid give a list of values")
+                grid.append((k, (_range(knobs[k], f"{where}.{k}", k),)))
                 continue
             values = _as_list(knobs[k])
             if not values:
@@ -615,7 +734,7 @@ def _check_budget_fits(trials: list[TrialSpec]) -> None:
     if too_many:
         n, t = max(too_many, key=lambda x: x[0])
         b = t.budget.epochs
-        others = f" ({len(too_many) - 1} other trial(s) too)" if len(too_many) > 1 else ""
+        others = f" ({len(too_many) - 1} other configuration(s) too)" if len(too_many) > 1 else ""
         raise SpecError("budget.epochs", f"{t.schedule}({_label(t)}) has {n} prune events but budget.epochs={b}"
                         f"{others}; every event needs at least one fine-tuning epoch. Raise budget.epochs "
                         f"to >= {n} or use fewer events")

@@ -68,7 +68,8 @@ def _progress_callback(total: int):
 
         def _say(self, msg: str) -> None:
             elapsed = time.perf_counter() - self.start
-            print(f"[{self.done}/{total} trials, {elapsed:5.0f}s] {msg}", flush=True)
+            count = f"{self.done}/{total}" if total else f"{self.done}"
+            print(f"[{count} trials, {elapsed:5.0f}s] {msg}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get("n_events"):
@@ -90,6 +91,189 @@ def _progress_callback(total: int):
     return Progress()
 
 
+class _Fitter:
+    """Builds and runs Tuners that share the sweep's trainable, resources and run settings."""
+
+    def __init__(self, spec: SweepSpec, ctx: dict[str, Any], storage_path: str, progress) -> None:
+        from ray import tune
+
+        from tune_prune.trainable import train_trial
+
+        self.spec, self.ctx, self.storage_path, self.progress = spec, ctx, storage_path, progress
+        self.trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+        self.epochs_by_trial: dict[str, float] = {}
+
+    def _run(self, name: str, param_space: dict[str, Any], **tune_kwargs: Any) -> list[str]:
+        from ray import tune
+
+        from tune_prune.trainable import trial_from_config
+
+        def trial_name(tr) -> str:
+            return trial_from_config(tr.config).name
+
+        tuner = tune.Tuner(
+            self.trainable,
+            param_space={**param_space, "ctx": self.ctx},
+            tune_config=tune.TuneConfig(
+                reuse_actors=True,  # a fresh worker costs seconds of imports; trials are tiny
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+                **tune_kwargs,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=self.storage_path,
+                failure_config=tune.FailureConfig(max_failures=self.spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[self.progress],
+                verbose=0,
+            ),
+        )
+        self.last_grid = tuner.fit()
+        failed = []
+        for r in self.last_grid:
+            key = trial_from_config(r.config).name
+            self.epochs_by_trial[key] = float((r.metrics or {}).get("cost_epochs", 0) or 0)
+            if r.error is not None:
+                failed.append(key)
+        return failed
+
+    def grid(self, trials: list[TrialSpec], name: str) -> list[str]:
+        from ray import tune
+
+        if not trials:
+            return []
+        return self._run(name, {"trial": tune.grid_search([t.to_dict() for t in trials])})
+
+    def search(self, name: str, schedule: str, target: float, space: dict[str, Any], seed: int) -> list[str]:
+        import math
+
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        s = self.spec.search
+        base = TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict()
+        return self._run(
+            name,
+            {"base": base, "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": space},
+            metric="val_accuracy",
+            mode="max",
+            num_samples=s.num_samples,
+            search_alg=NoRepeatSearcher(OptunaSearch(seed=seed)),
+            scheduler=ASHAScheduler(time_attr="milestone", max_t=-math.log2(1.0 - target),
+                                    grace_period=min(s.grace_period, -math.log2(1.0 - target)),
+                                    reduction_factor=s.reduction_factor),
+        )
+
+
+def tune_space(grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
+    """A strategy's knobs as a Ray Tune search space: ranges, choices and constants."""
+    from ray import tune
+
+    from tune_prune.spec import Range
+
+    space: dict[str, Any] = {}
+    for key, values in grid:
+        if len(values) == 1 and isinstance(values[0], Range):
+            r = values[0]
+            if r.integer:
+                space[key] = (tune.lograndint if r.log else tune.randint)(int(r.low), int(r.high) + 1)
+            else:
+                space[key] = (tune.loguniform if r.log else tune.uniform)(float(r.low), float(r.high))
+        elif len(values) == 1:
+            space[key] = values[0]
+        else:
+            space[key] = tune.choice(list(values))
+    return space
+
+
+def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> list[str]:
+    """Dense baselines, then a searched bracket per (strategy, target), then confirmations."""
+    from tune_prune.spec import make_trial
+
+    failed = fit.grid(spec.dense_trials(), f"{run_name}-dense")
+    search_seed, other_seeds = spec.seeds[0], spec.seeds[1:]
+    confirm: list[TrialSpec] = []
+    for strat in spec.strategies:
+        space = tune_space(strat.grid)
+        for target in spec.target_sparsities:
+            name = f"{run_name}-{strat.schedule}-s{target:g}"
+            _say(out, f"search {strat.schedule} at {target:g}: up to {spec.search.num_samples} samples on seed {search_seed}")
+            failed += fit.search(name, strat.schedule, target, space, search_seed)
+            done = [r for r in fit.last_grid
+                    if r.error is None and r.metrics and r.metrics.get("event") == r.metrics.get("n_events")]
+            done.sort(key=lambda r: (-r.metrics["val_accuracy"], r.metrics["cost_epochs"]))
+            for r in done[: spec.search.confirm_top]:
+                point = dict(r.config["point"])
+                for seed in other_seeds:
+                    confirm.append(make_trial(spec.base(), strat.schedule, point, target, seed))
+    if confirm:
+        _say(out, f"confirming the best configurations on seeds {list(other_seeds)}: {len(confirm)} trials")
+        failed += fit.grid(confirm, f"{run_name}-confirm")
+    return failed
+
+
+class NoRepeatSearcher:
+    """Wraps a Ray Tune searcher so a configuration is never run twice in one bracket.
+
+    Optuna's samplers can propose a categorical configuration again; running it would
+    create a second trial with the same content key (and MLflow run). A repeat is
+    answered from memory instead: the inner searcher is told the earlier result (or
+    an error while that trial is still running) and asked again. When it keeps
+    repeating, the space is exhausted and the search ends.
+    """
+
+    def __new__(cls, inner, max_tries: int = 64):
+        from ray.tune.search import Searcher
+
+        class _NoRepeat(Searcher):
+            def __init__(self) -> None:
+                super().__init__(metric=inner.metric, mode=inner.mode)
+                self.inner = inner
+                self.seen: dict[str, dict | None] = {}
+                self.ids: dict[str, tuple[str, str]] = {}
+
+            def set_search_properties(self, metric, mode, config, **spec) -> bool:
+                ok = self.inner.set_search_properties(metric, mode, config, **spec)
+                self._metric, self._mode = metric, mode
+                return ok
+
+            def suggest(self, trial_id: str):
+                import json
+
+                for attempt in range(max_tries):
+                    inner_id = f"{trial_id}-{attempt}"
+                    cfg = self.inner.suggest(inner_id)
+                    if cfg is None or cfg == Searcher.FINISHED:
+                        return cfg
+                    key = json.dumps(cfg.get("point", cfg), sort_keys=True, default=str)
+                    if key not in self.seen:
+                        self.seen[key] = None
+                        self.ids[trial_id] = (key, inner_id)
+                        return cfg
+                    previous = self.seen[key]
+                    self.inner.on_trial_complete(inner_id, previous, error=previous is None)
+                return Searcher.FINISHED
+
+            def on_trial_result(self, trial_id: str, result: dict) -> None:
+                if trial_id in self.ids:
+                    self.inner.on_trial_result(self.ids[trial_id][1], result)
+
+            def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+                if trial_id in self.ids:
+                    key, inner_id = self.ids[trial_id]
+                    self.seen[key] = None if error else result
+                    self.inner.on_trial_complete(inner_id, result, error)
+
+            def save(self, checkpoint_path: str) -> None:
+                self.inner.save(checkpoint_path)
+
+            def restore(self, checkpoint_path: str) -> None:
+                self.inner.restore(checkpoint_path)
+
+        return _NoRepeat()
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -103,8 +287,7 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from tune_prune.tracking import SweepTracker, load_records
-    from tune_prune.trainable import train_trial
+    from tune_prune.tracking import USABLE_STATUSES, SweepTracker, load_records
 
     t_start = time.perf_counter()
     trials = spec.trials()
@@ -118,7 +301,10 @@ def run_sweep(
     # trial starts (concurrent creation from workers races; environment.md).
     tracker = SweepTracker(tracking_uri, experiment)
     parent_id = tracker.start_parent(spec, run_name, len(trials), smoke_test)
-    _say(out, f"sweep {run_name}: {len(trials)} trials ({len(spec.seeds)} dense baselines), "
+    what = (f"{len(trials)} trials" if spec.search.mode == "grid" else
+            f"adaptive search: {len(spec.strategies) * len(spec.target_sparsities)} brackets x "
+            f"{spec.search.num_samples} samples, top {spec.search.confirm_top} confirmed on {len(spec.seeds)} seeds")
+    _say(out, f"sweep {run_name}: {what} ({len(spec.seeds)} dense baselines), "
               f"MLflow experiment '{experiment}' (id {tracker.experiment_id}), parent run {parent_id}")
     _say(out, f"tracking store: {tracking_uri}")
 
@@ -157,27 +343,12 @@ def run_sweep(
             "cpu_per_trial": res.cpu,
             "gpu_per_trial": res.gpu,
         }
-        names = {t.key: t.name for t in trials}
-        trainable = tune.with_resources(train_trial, {"cpu": res.cpu, "gpu": res.gpu})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search([t.to_dict() for t in trials]), "ctx": ctx},
-            tune_config=tune.TuneConfig(
-                reuse_actors=True,  # a fresh worker costs seconds of imports; trials are tiny
-                trial_name_creator=lambda tr: names[TrialSpec.from_dict(tr.config["trial"]).key],
-                trial_dirname_creator=lambda tr: names[TrialSpec.from_dict(tr.config["trial"]).key],
-            ),
-            run_config=tune.RunConfig(
-                name=run_name,
-                storage_path=storage_path,
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_progress_callback(len(trials))],
-                verbose=0,
-            ),
-        )
-        grid = tuner.fit()
-        failed = [names[TrialSpec.from_dict(r.config["trial"]).key] for r in grid if r.error is not None]
+        progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
+        fit = _Fitter(spec, ctx, storage_path, progress)
+        if spec.search.mode == "grid":
+            failed = fit.grid(trials, run_name)
+        else:
+            failed = _adaptive(spec, fit, run_name, out)
         status = "FINISHED"
     finally:
         if ray.is_initialized():
@@ -187,7 +358,7 @@ def run_sweep(
 
     # Read back what the trials logged, from MLflow itself.
     records = load_records(tracking_uri, tracker.experiment_id, parent_id)
-    finished = records[records["status"] == "FINISHED"]
+    finished = records[records["status"].isin(USABLE_STATUSES)]
     front = fr.frontier(finished, spec.target_sparsities)
     dense = fr.dense_baseline(finished)
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +371,7 @@ def run_sweep(
     wall = time.perf_counter() - t_start
     last = records.sort_values("event").groupby("trial_key").tail(1)
     tracker.log_summary(
-        {"trials_failed": len(failed), "trials_total": len(trials), "sweep_wall_seconds": wall,
+        {"trials_failed": len(failed), "trials_total": records["trial_key"].nunique(), "sweep_wall_seconds": wall,
          "dense_test_accuracy": dense["test_accuracy_mean"],
          "trials_cost_epochs_total": float(last["cost_epochs"].sum()),
          "trials_wall_seconds_total": float(last["wall_seconds"].sum()),
@@ -209,4 +380,5 @@ def run_sweep(
     )
     tracker.end("FINISHED" if not failed else "FAILED")
     summary = report.format_frontier(front, dense)
-    return SweepOutcome(experiment, parent_id, tracking_uri, len(trials), failed, front, dense, wall, summary)
+    n_run = records["trial_key"].nunique()
+    return SweepOutcome(experiment, parent_id, tracking_uri, n_run, failed, front, dense, wall, summary)

@@ -35,6 +35,9 @@ TAG_TRIAL_KEY = "tune_prune.trial_key"
 TAG_STRATEGY = "tune_prune.strategy"
 TAG_CONFIG_KEY = "tune_prune.config_key"
 PARENT_TAG = "mlflow.parentRunId"
+#: Child-run statuses whose events are frontier points: finished trials, and trials a
+#: scheduler stopped early (their completed events are real models at real costs).
+USABLE_STATUSES = ("FINISHED", "KILLED")
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds")
 MAX_PARAM_CHARS = 6000
 
@@ -258,11 +261,13 @@ class TrialTracker:
                   "total_accelerator_seconds": record.wall_seconds * self.share}
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in totals.items()])
 
-    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+    def finish(self, status: str = "FINISHED", error: str | None = None, note: str | None = None) -> None:
         if self.run_id is None:
             return
         if error:
             self.client.set_tag(self.run_id, "tune_prune.error", error[:5000])
+        if note:
+            self.client.set_tag(self.run_id, "tune_prune.note", note)
         self.client.set_terminated(self.run_id, status)
 
 

@@ -11,6 +11,7 @@ step twice.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import traceback
 from pathlib import Path
@@ -22,7 +23,7 @@ from ray import tune
 from tune_prune import dense as dense_cache
 from tune_prune.data import load_dataset
 from tune_prune.loop import Hooks, LoopState, evaluate, new_model, pick_device, run_trial
-from tune_prune.spec import TrialSpec
+from tune_prune.spec import TrialSpec, make_trial
 from tune_prune.tracking import TrialTracker
 
 STATE_FILE = "state.pt"
@@ -46,11 +47,22 @@ def _resume_state() -> LoopState | None:
     return LoopState.from_payload(payload)
 
 
+def trial_from_config(config: dict[str, Any]) -> TrialSpec:
+    """A grid trial carries its whole TrialSpec; an adaptive one carries its bracket and sampled point."""
+    if "trial" in config:
+        return TrialSpec.from_dict(config["trial"])
+    base = TrialSpec.from_dict(config["base"])
+    shared = dict(dataset=base.dataset, model=base.model, pretrain=base.pretrain, finetune=base.finetune,
+                  budget=base.budget)
+    b = config["bracket"]
+    return make_trial(shared, b["schedule"], dict(config["point"]), b["target"], b["seed"])
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Run one trial inside a Ray Tune worker."""
     # One INFO line per checkpoint from Ray's storage layer drowns the progress output.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    trial = TrialSpec.from_dict(config["trial"])
+    trial = trial_from_config(config)
     ctx = config["ctx"]
     torch.set_num_threads(max(1, int(ctx["cpu_per_trial"])))
     device = pick_device(float(ctx["gpu_per_trial"]))
@@ -82,7 +94,8 @@ def train_trial(config: dict[str, Any]) -> None:
                 tracker.log_event(record)
             if record.event == record.n_events:
                 tracker.log_totals(record)
-            _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share}, state)
+            _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
+                     "milestone": -math.log2(1.0 - record.sparsity)}, state)
 
         def on_epoch(record) -> None:
             if record.event > logged_through:
@@ -90,6 +103,11 @@ def train_trial(config: dict[str, Any]) -> None:
 
         run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event),
                   resume=_resume_state())
+    except SystemExit:
+        # Tune stops a function trainable by raising SystemExit from tune.report: a
+        # scheduler (ASHA) decision, not a failure. The events logged so far stand.
+        tracker.finish("KILLED", note="stopped early by the scheduler")
+        raise
     except BaseException as exc:
         tracker.finish("FAILED", error="".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise

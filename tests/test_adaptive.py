@@ -1,0 +1,128 @@
+"""Adaptive search: spec rules, the no-repeat searcher, and a small real Optuna + ASHA sweep."""
+
+import copy
+
+import pandas as pd
+import pytest
+from ray.tune.search import Searcher
+
+from tune_prune import frontier as fr
+from tune_prune.spec import Range, SpecError, parse_spec
+
+ADAPTIVE = {
+    "name": "adaptive_test",
+    "dataset": {"name": "digits", "val_size": 0.2, "train_subset": 600},
+    "model": {"name": "mlp", "hidden": [32]},
+    "pretrain": {"epochs": 4, "lr": 0.05, "batch_size": 64},
+    "finetune": {"lr": 0.01, "batch_size": 64},
+    "budget": {"epochs": 8},
+    "target_sparsities": [0.9],
+    "seeds": [0, 1],
+    "search": {"mode": "adaptive", "num_samples": 3, "confirm_top": 1},
+    "strategies": {"geometric": {"rate0": {"low": 0.3, "high": 0.6}, "patience": [1, 2]}},
+}
+
+
+def test_adaptive_spec_keeps_ranges_and_plans_samples_and_confirmations():
+    spec = parse_spec(copy.deepcopy(ADAPTIVE))
+    (strat,) = spec.strategies
+    assert dict(strat.grid)["rate0"] == (Range(0.3, 0.6),)
+    assert [t.schedule for t in spec.trials()] == ["dense", "dense"]
+    # 1 bracket x (3 samples + 1 confirmation x 1 other seed) x 8 epochs, + 2 x 4 pretraining
+    assert spec.planned_cost().total_epochs == 4 * 8 + 8
+
+
+def test_ranges_need_adaptive_mode():
+    raw = copy.deepcopy(ADAPTIVE)
+    del raw["search"]
+    with pytest.raises(SpecError, match=r"strategies.geometric.rate0: ranges .* need search.mode: adaptive"):
+        parse_spec(raw)
+
+
+def test_the_low_end_of_a_range_must_fit_the_budget_too():
+    raw = copy.deepcopy(ADAPTIVE)
+    raw["strategies"]["geometric"]["rate0"] = {"low": 0.1, "high": 0.6}  # 0.1 -> 22 events > 8
+    with pytest.raises(SpecError, match=r"budget.epochs: geometric\(target=0.9, rate0=0.1\) has 22 prune events"):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"search": {"mode": "bayes"}}, "search.mode"),
+    ({"search": {"mode": "adaptive", "num_samples": 0}}, "search.num_samples"),
+    ({"search": {"mode": "adaptive", "grace_period": -1}}, "search.grace_period"),
+    ({"strategies": {"geometric": {"rate0": {"low": 0.5, "high": 0.3}, "patience": 1}}}, "strategies.geometric.rate0"),
+    ({"strategies": {"geometric": {"rate0": 0.3, "patience": {"low": 1.5, "high": 3}}}}, "strategies.geometric.patience"),
+])
+def test_bad_search_settings_name_the_field(change, field):
+    raw = copy.deepcopy(ADAPTIVE)
+    raw.update(change)
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    assert info.value.field == field
+
+
+class _Scripted(Searcher):
+    """Proposes a fixed sequence of points and records what it is told."""
+
+    def __init__(self, points):
+        super().__init__(metric="val_accuracy", mode="max")
+        self.points = list(points)
+        self.told = []
+
+    def suggest(self, trial_id):
+        return {"point": {"x": self.points.pop(0)}} if self.points else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told.append((trial_id, result, error))
+
+
+def test_no_repeat_searcher_answers_repeats_from_memory():
+    from tune_prune.sweep import NoRepeatSearcher
+
+    inner = _Scripted([1, 1, 2, 2, 2])
+    s = NoRepeatSearcher(inner)
+    assert s.suggest("a") == {"point": {"x": 1}}
+    # x=1 again while "a" is still running: the inner searcher is told it errored, then x=2 is used
+    assert s.suggest("b") == {"point": {"x": 2}}
+    assert inner.told == [("b-0", None, True)]
+    s.on_trial_complete("b", {"val_accuracy": 0.7})
+    # only repeats of x=2 remain: each is answered with b's result, then the space is exhausted
+    assert s.suggest("c") == Searcher.FINISHED
+    assert inner.told[-2:] == [("c-0", {"val_accuracy": 0.7}, False), ("c-1", {"val_accuracy": 0.7}, False)]
+
+
+def test_a_config_with_fewer_seeds_cannot_displace_a_confirmed_one():
+    rows = []
+    for key, seeds, val in [("confirmed", [0, 1, 2], 0.80), ("lucky", [0], 0.95)]:
+        for seed in seeds:
+            rows.append(dict(strategy="geometric", trial_key=f"{key}-{seed}", config_key=key, config=key,
+                             target_sparsity=0.9, seed=seed, event=1, sparsity=0.9, val_accuracy=val,
+                             test_accuracy=val, cost_epochs=5))
+    front = fr.frontier(pd.DataFrame(rows), [0.9])
+    assert list(front.config_key) == ["confirmed"]
+
+
+@pytest.mark.integration
+def test_small_adaptive_sweep_searches_then_confirms(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tune_prune.sweep import run_sweep
+    from tune_prune.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(copy.deepcopy(ADAPTIVE))
+    outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(None))
+    assert outcome.failed == []
+    client = MlflowClient(outcome.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    keys = [r.data.tags["tune_prune.trial_key"] for r in runs]
+    assert len(keys) == len(set(keys))  # no configuration ran twice
+    searched = [r for r in runs if r.data.params["schedule"] == "geometric" and r.data.params["seed"] == "0"]
+    confirmed = [r for r in runs if r.data.params["schedule"] == "geometric" and r.data.params["seed"] == "1"]
+    assert 1 <= len(searched) <= 3 and len(confirmed) == 1
+    # the confirmation re-ran a searched configuration on the other seed
+    assert confirmed[0].data.tags["tune_prune.config_key"] in {r.data.tags["tune_prune.config_key"] for r in searched}
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    row = outcome.frontier.iloc[0]
+    assert row.strategy == "geometric" and row.seeds == 2
