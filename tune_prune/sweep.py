@@ -194,8 +194,16 @@ def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> li
     failed = fit.grid(spec.dense_trials(), f"{run_name}-dense")
     search_seed, other_seeds = spec.seeds[0], spec.seeds[1:]
     confirm: list[TrialSpec] = []
+    from ray.tune.search.sample import Domain
+
+    fixed: list[TrialSpec] = []
     for strat in spec.strategies:
         space = tune_space(strat.grid)
+        if not any(isinstance(v, Domain) for v in space.values()):
+            # nothing to search: the bracket is one configuration, run on every seed
+            fixed += [make_trial(spec.base(), strat.schedule, dict(space), t, seed)
+                      for t in spec.target_sparsities for seed in spec.seeds]
+            continue
         for target in spec.target_sparsities:
             name = f"{run_name}-{strat.schedule}-s{target:g}"
             _say(out, f"search {strat.schedule} at {target:g}: up to {spec.search.num_samples} samples on seed {search_seed}")
@@ -207,9 +215,10 @@ def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> li
                 point = dict(r.config["point"])
                 for seed in other_seeds:
                     confirm.append(make_trial(spec.base(), strat.schedule, point, target, seed))
-    if confirm:
-        _say(out, f"confirming the best configurations on seeds {list(other_seeds)}: {len(confirm)} trials")
-        failed += fit.grid(confirm, f"{run_name}-confirm")
+    if confirm or fixed:
+        _say(out, f"confirming the best configurations on seeds {list(other_seeds)} ({len(confirm)} trials)"
+                  + (f" and running {len(fixed)} trials of strategies with nothing to search" if fixed else ""))
+        failed += fit.grid(confirm + fixed, f"{run_name}-confirm")
     return failed
 
 
