@@ -231,6 +231,13 @@ class TrialTracker:
             self.client.log_dict(self.run_id, {"sparsities": list(self.trial.sparsities)}, "schedule.json")
         return 0
 
+    def note_resume(self, completed_events: int) -> None:
+        """Count restores on the run and remember from which event the last one resumed."""
+        run = self.client.get_run(self.run_id)
+        restores = int(run.data.tags.get("tune_prune.restores", "0")) + 1
+        self.client.set_tag(self.run_id, "tune_prune.restores", str(restores))
+        self.client.set_tag(self.run_id, "tune_prune.resumed_after_event", str(completed_events))
+
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffered; written with the event's metrics in one batch."""
         ts = _now_ms()

@@ -101,8 +101,11 @@ def train_trial(config: dict[str, Any]) -> None:
             if record.event > logged_through:
                 tracker.log_epoch(record)
 
-        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event),
-                  resume=_resume_state())
+        resume = _resume_state()
+        if resume is not None:
+            # A retry after a crash or a lost node: say so on the run, which is the same one.
+            tracker.note_resume(resume.next_event)
+        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event), resume=resume)
     except SystemExit:
         # Tune stops a function trainable by raising SystemExit from tune.report: a
         # scheduler (ASHA) decision, not a failure. The events logged so far stand.

@@ -1,0 +1,92 @@
+"""Fault tolerance, tested by killing: SIGKILL a trial's Ray worker mid fine-tune."""
+
+import copy
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tune_prune.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+SLOW = {
+    "name": "kill_worker",
+    "dataset": {"name": "digits", "val_size": 0.2},
+    "model": {"name": "mlp", "hidden": [256, 256]},
+    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
+    "finetune": {"lr": 0.01, "batch_size": 8},  # small batches: events last long enough to be hit
+    "budget": {"epochs": 40, "policy": "even"},
+    "target_sparsities": [0.9],
+    "seeds": [0],
+    "max_failures": 2,
+    "strategies": {"geometric": {"rate0": 0.4, "patience": None, "epochs_per_event": 8}},
+}
+
+
+def _trial_workers() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except OSError:
+            continue
+        if cmd.startswith("ray::ImplicitFunc"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _kill_after_checkpoint(storage: Path, checkpoint: str, killed: list, stop: threading.Event) -> None:
+    deadline = time.time() + 240
+    while not stop.is_set() and time.time() < deadline:
+        hits = list(storage.glob(f"*/geometric-*/{checkpoint}"))
+        if hits:
+            for pid in _trial_workers():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_killed_worker_resumes_from_its_last_prune_event_in_the_same_run(tmp_path, monkeypatch):
+    from tune_prune.sweep import run_sweep
+    from tune_prune.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(copy.deepcopy(SLOW))
+    killed: list[int] = []
+    stop = threading.Event()
+    # checkpoint_000001 = the state after event 2: the kill lands during event 3
+    killer = threading.Thread(target=_kill_after_checkpoint,
+                              args=(tmp_path / "tune_prune_runs", "checkpoint_000001", killed, stop), daemon=True)
+    killer.start()
+    try:
+        outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(None))
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert killed, "the worker was never killed: the test did not test anything"
+    assert outcome.failed == []
+
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    assert sorted(r.data.params["schedule"] for r in runs) == ["dense", "geometric"]  # no twin run
+    (geo,) = [r for r in runs if r.data.params["schedule"] == "geometric"]
+    assert geo.info.status == "FINISHED"
+    assert int(geo.data.tags["tune_prune.restores"]) >= 1
+    assert int(geo.data.tags["tune_prune.resumed_after_event"]) >= 2
+    n = int(geo.data.params["n_events"])
+    for key in ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs"):
+        steps = [m.step for m in client.get_metric_history(geo.info.run_id, key)]
+        assert sorted(steps) == list(range(1, n + 1)), key  # every event exactly once
+    epochs = [m.step for m in client.get_metric_history(geo.info.run_id, "epoch_val_accuracy")]
+    assert sorted(epochs) == list(range(1, n * 8 + 1))  # every epoch exactly once
+    cost = {m.step: m.value for m in client.get_metric_history(geo.info.run_id, "cost_epochs")}
+    assert cost[n] == n * 8
