@@ -90,3 +90,94 @@ def test_killed_worker_resumes_from_its_last_prune_event_in_the_same_run(tmp_pat
     assert sorted(epochs) == list(range(1, n * 8 + 1))  # every epoch exactly once
     cost = {m.step: m.value for m in client.get_metric_history(geo.info.run_id, "cost_epochs")}
     assert cost[n] == n * 8
+
+
+DRIVER = {
+    "name": "kill_driver",
+    "dataset": {"name": "digits", "val_size": 0.2},
+    "model": {"name": "mlp", "hidden": [256, 256]},
+    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
+    "finetune": {"lr": 0.01, "batch_size": 8},
+    "budget": {"epochs": 12, "policy": "even"},
+    "target_sparsities": [0.8, 0.9],
+    "seeds": [0],
+    "strategies": {"geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2},
+                   "one_shot": {"patience": None, "epochs_per_event": 6}},
+}
+
+
+def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tune_prune.cli import main
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(DRIVER))
+    n_trials = len(parse_spec(copy.deepcopy(DRIVER)).trials())
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "tune_prune", "sweep", "spec.yaml"], cwd=tmp_path,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finished_before: dict[str, int] = {}
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.3)
+            # Open the SQLite store only once the driver has created it: concurrent schema
+            # creation races (environment.md). The context file is written after that.
+            if not list((tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")):
+                continue
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("kill_driver")
+            if exp is None:
+                continue
+            runs = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` != 'sweep'")
+            done = {r.data.tags["tune_prune.trial_key"]: r.info.end_time for r in runs if r.info.status == "FINISHED"}
+            if len(done) >= 2 and len(done) < n_trials:
+                finished_before = done
+                os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+                break
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        log.close()
+    assert finished_before, "the driver finished (or never got going) before it could be killed:\n" + \
+        (tmp_path / "driver.log").read_text()[-3000:]
+    # the local Ray cluster the driver started is orphaned: take it down as a dead machine would be
+    ray_cli = Path(sys.executable).parent / "ray"
+    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+
+    (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["resume", str(sweep_dir)]) == 0
+    finally:
+        os.chdir(old)
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kill_driver")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'sweep'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["tune_prune.resumes"] == "1"
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    keys = [r.data.tags["tune_prune.trial_key"] for r in runs]
+    assert len(keys) == len(set(keys)) == n_trials  # one child run per trial
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        key = r.data.tags["tune_prune.trial_key"]
+        if key in finished_before:
+            assert r.info.end_time == finished_before[key]  # not rerun
+        if r.data.params["schedule"] != "dense":
+            n = int(r.data.params["n_events"])
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "sparsity")]
+            assert sorted(steps) == list(range(1, n + 1))
+
+
+def test_resume_of_a_directory_that_is_no_sweep_exits_2(tmp_path, capsys):
+    from tune_prune.cli import main
+
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "is not a tune_prune sweep directory" in capsys.readouterr().err

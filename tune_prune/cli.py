@@ -55,6 +55,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
                         address=args.address, smoke_test=args.smoke_test)
+    return _print_outcome(outcome)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tune_prune.sweep import resume_sweep
+
+    try:
+        outcome = resume_sweep(args.sweep_dir, address=args.address)
+    except LookupError as exc:
+        return _fail(str(exc))
+    return _print_outcome(outcome)
+
+
+def _print_outcome(outcome) -> int:
     print()
     print(outcome.summary)
     print()
@@ -160,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri", help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     s.add_argument("--experiment", help="MLflow experiment name; default: the spec's name")
     s.set_defaults(func=cmd_sweep)
+
+    rs = sub.add_parser("resume", help="finish a grid sweep whose driver died (finished trials are not rerun)")
+    rs.add_argument("sweep_dir", help="the directory the sweep printed: <storage_path>/<sweep run name>")
+    rs.add_argument("--address", help="join an existing Ray cluster; default: local Ray")
+    rs.set_defaults(func=cmd_resume)
 
     v = sub.add_parser("validate", help="check a spec and print the planned trials and cost")
     v.add_argument("spec")

@@ -26,7 +26,8 @@ def paths(cache_dir: str | Path, dense_key: str) -> tuple[Path, Path]:
     return base / f"{dense_key}.pt", base / f"{dense_key}.json"
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through ``write(tmp_path)`` then rename into place: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -60,7 +61,7 @@ def ensure(
         return found[0], found[1], False
     state, result = pretrain_dense(trial, data, device, progress)
     weights, meta = paths(cache_dir, trial.dense_key)
-    _atomic_write(weights, lambda tmp: torch.save(state, tmp))
+    atomic_write(weights, lambda tmp: torch.save(state, tmp))
     record = {
         "dense_key": trial.dense_key,
         "model": asdict(trial.model),
@@ -69,5 +70,5 @@ def ensure(
         "pretrain": asdict(trial.pretrain),
         "result": asdict(result),
     }
-    _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=str)))
+    atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, default=str)))
     return state, result, True

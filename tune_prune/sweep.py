@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -72,10 +73,12 @@ def _progress_callback(total: int):
             print(f"[{count} trials, {elapsed:5.0f}s] {msg}", flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get("n_events"):
+            # Progress output must never fail a sweep: read defensively.
+            if result.get("n_events") and "event" in result:
                 self._say(f"{trial.custom_trial_name} event {int(result['event'])}/{int(result['n_events'])}"
-                          f" sparsity {result['sparsity']:.4f} val {result['val_accuracy']:.4f}"
-                          f" cost {int(result['cost_epochs'])} epochs")
+                          f" sparsity {result.get('sparsity', float('nan')):.4f}"
+                          f" val {result.get('val_accuracy', float('nan')):.4f}"
+                          f" cost {int(result.get('cost_epochs', 0))} epochs")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
@@ -283,6 +286,20 @@ class NoRepeatSearcher:
         return _NoRepeat()
 
 
+CONTEXT_FILE = "tune_prune_sweep.json"
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    # A checkpoint per prune event is by design; Tune's "snapshotting too often" warning is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(include_dashboard=False, logging_level="WARNING")
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -294,9 +311,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """Pretrain the dense models, run every trial on Ray Tune, then build and log the frontier."""
     import ray
-    from ray import tune
 
-    from tune_prune.tracking import USABLE_STATUSES, SweepTracker, load_records
+    from tune_prune.tracking import SweepTracker
 
     t_start = time.perf_counter()
     trials = spec.trials()
@@ -319,12 +335,7 @@ def run_sweep(
 
     status = "FAILED"
     try:
-        # A checkpoint per prune event is by design; Tune's "snapshotting too often" warning is noise here.
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:
-            ray.init(include_dashboard=False, logging_level="WARNING")
+        _init_ray(address)
         res = spec.resources
 
         # Dense models: one Ray task per key missing from the cache, in parallel.
@@ -355,6 +366,13 @@ def run_sweep(
         progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
         fit = _Fitter(spec, ctx, storage_path, progress)
         if spec.search.mode == "grid":
+            # What `tune-prune resume` needs if this driver dies: beside Tune's own state.
+            exp_dir = Path(storage_path) / run_name
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            (exp_dir / CONTEXT_FILE).write_text(json.dumps({
+                "spec": spec.resolved_dict(), "experiment": experiment, "run_name": run_name,
+                "tracking_uri": tracking_uri, "parent_run_id": parent_id, "ctx": ctx}, indent=2, default=str))
+            _say(out, f"if this driver dies, finish the sweep with: tune-prune resume {exp_dir}")
             failed = fit.grid(trials, run_name)
         else:
             failed = _adaptive(spec, fit, run_name, out)
@@ -364,9 +382,65 @@ def run_sweep(
             ray.shutdown()
         if status != "FINISHED":
             tracker.end("FAILED")
+    return _finish(spec, tracker, experiment, failed, t_start)
 
-    # Read back what the trials logged, from MLflow itself.
-    records = load_records(tracking_uri, tracker.experiment_id, parent_id)
+
+def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO = sys.stdout) -> SweepOutcome:
+    """Finish a grid sweep whose driver died: restore its Tuner, rerun nothing that finished.
+
+    Unfinished trials resume from their last prune-event checkpoint and write into
+    their existing MLflow child runs (found by trial key); errored trials are retried.
+    """
+    import ray
+    from ray import tune
+
+    from tune_prune.spec import parse_spec
+    from tune_prune.tracking import SweepTracker
+    from tune_prune.trainable import train_trial
+
+    exp_dir = Path(path).resolve()
+    context_file = exp_dir / CONTEXT_FILE
+    if not context_file.is_file():
+        raise LookupError(f"{exp_dir} is not a tune_prune sweep directory (no {CONTEXT_FILE}); pass the "
+                          "directory the sweep printed, <storage_path>/<sweep run name>")
+    context = json.loads(context_file.read_text())
+    spec = parse_spec(context["spec"])
+    t_start = time.perf_counter()
+    tracker = SweepTracker(context["tracking_uri"], context["experiment"])
+    tracker.reopen_parent(context["parent_run_id"])
+    _say(out, f"resuming sweep {context['run_name']} (parent run {context['parent_run_id']}) from {exp_dir}")
+    status = "FAILED"
+    try:
+        _init_ray(address)
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise LookupError(f"Ray Tune has no restorable state in {exp_dir}")
+        res = spec.resources
+        trainable = tune.with_resources(train_trial, {"cpu": res.cpu, "gpu": res.gpu})
+        # Unfinished and errored trials restart (finished ones are skipped): Tune's
+        # snapshot may name a checkpoint it had already pruned when the driver died,
+        # so the trainable resumes from its own state copy instead (trainable.py).
+        # _resume_config is the only way to say this in Ray 2.60's restore().
+        resume = tune.ResumeConfig(unfinished=tune.ResumeConfig.ResumeType.RESTART,
+                                   errored=tune.ResumeConfig.ResumeType.RESTART)
+        grid = tune.Tuner.restore(str(exp_dir), trainable=trainable, _resume_config=resume).fit()
+        from tune_prune.trainable import trial_from_config
+
+        failed = [trial_from_config(r.config).name for r in grid if r.error is not None]
+        status = "FINISHED"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if status != "FINISHED":
+            tracker.end("FAILED")
+    return _finish(spec, tracker, context["experiment"], failed, t_start)
+
+
+def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_start: float) -> SweepOutcome:
+    """Read back what the trials logged, from MLflow itself; report; close the parent run."""
+    from tune_prune.tracking import USABLE_STATUSES, load_records
+
+    parent_id = tracker.parent_run_id
+    records = load_records(tracker.uri, tracker.experiment_id, parent_id)
     finished = records[records["status"].isin(USABLE_STATUSES)]
     front = fr.frontier(finished, spec.target_sparsities)
     dense = fr.dense_baseline(finished)
@@ -390,4 +464,4 @@ def run_sweep(
     tracker.end("FINISHED" if not failed else "FAILED")
     summary = report.format_frontier(front, dense)
     n_run = records["trial_key"].nunique()
-    return SweepOutcome(experiment, parent_id, tracking_uri, n_run, failed, front, dense, wall, summary)
+    return SweepOutcome(experiment, parent_id, tracker.uri, n_run, failed, front, dense, wall, summary)

@@ -150,6 +150,14 @@ class SweepTracker:
         self.log_dict(spec.resolved_dict(), "spec.yaml")
         return self.parent_run_id
 
+    def reopen_parent(self, run_id: str) -> None:
+        """Continue a sweep's parent run after its driver died (tune-prune resume)."""
+        run = self.client.get_run(run_id)
+        self.parent_run_id = run_id
+        resumes = int(run.data.tags.get("tune_prune.resumes", "0")) + 1
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "tune_prune.resumes", str(resumes))
+
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(self.parent_run_id, obj, artifact_file)
 
@@ -199,14 +207,26 @@ class TrialTracker:
         self.run_id: str | None = None
         self._pending: list[Metric] = []
 
-    def start(self) -> int:
-        """Open (or reopen) the child run; return the last event already logged (0 if none)."""
-        existing = self.client.search_runs(
+    def finished_result(self) -> dict[str, float] | None:
+        """The final metrics of this trial's child run if it already FINISHED under this parent."""
+        existing = self._existing()
+        if existing is None or existing.info.status != "FINISHED":
+            return None
+        return dict(existing.data.metrics)
+
+    def _existing(self):
+        runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL_KEY}` = '{self.trial.key}'",
             max_results=1,
         )
-        if existing:
+        return runs[0] if runs else None
+
+    def start(self) -> int:
+        """Open (or reopen) the child run; return the last event already logged (0 if none)."""
+        existing = self._existing()
+        if existing is not None:
+            existing = [existing]
             self.run_id = existing[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             history = self.client.get_metric_history(self.run_id, "sparsity")

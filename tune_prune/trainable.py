@@ -21,6 +21,7 @@ import torch
 from ray import tune
 
 from tune_prune import dense as dense_cache
+from tune_prune.dense import atomic_write
 from tune_prune.data import load_dataset
 from tune_prune.loop import Hooks, LoopState, evaluate, new_model, pick_device, run_trial
 from tune_prune.spec import TrialSpec, make_trial
@@ -38,13 +39,28 @@ def _report(metrics: dict[str, Any], state: LoopState | None = None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _resume_state() -> LoopState | None:
+def _own_state_path(ctx: dict[str, Any], trial: TrialSpec) -> Path:
+    # Our own copy of the latest event state, keyed by sweep and trial, on the same
+    # (shared) storage as the dense cache. Tune's experiment snapshot can lag behind
+    # its checkpoint pruning when a driver dies, leaving it pointing at a deleted
+    # checkpoint; this copy does not depend on that bookkeeping.
+    return Path(ctx["cache_dir"]) / "trial_state" / ctx["parent_run_id"] / f"{trial.key}.pt"
+
+
+def _save_own_state(path: Path, state: LoopState) -> None:
+    atomic_write(path, lambda tmp: torch.save(state.to_payload(), tmp))
+
+
+def _resume_state(own: Path) -> LoopState | None:
+    """The newest of Tune's checkpoint and our own state copy, if any."""
+    found = []
     ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        payload = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-    return LoopState.from_payload(payload)
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            found.append(LoopState.from_payload(torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)))
+    if own.is_file():
+        found.append(LoopState.from_payload(torch.load(own, map_location="cpu", weights_only=False)))
+    return max(found, key=lambda s: s.next_event) if found else None
 
 
 def trial_from_config(config: dict[str, Any]) -> TrialSpec:
@@ -70,6 +86,14 @@ def train_trial(config: dict[str, Any]) -> None:
 
     tracker = TrialTracker(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial,
                            device=device.type, accelerator_share=share)
+    done = tracker.finished_result()
+    if done is not None:
+        # Already finished under this sweep (Tune's state lagged behind MLflow when a
+        # driver died): report what is recorded, redo nothing.
+        replay = {k: v for k, v in done.items() if not k.startswith("epoch_")}
+        replay.setdefault("event", replay.get("n_events", 0.0))
+        _report(replay)
+        return
     logged_through = tracker.start()
     try:
         data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
@@ -89,9 +113,12 @@ def train_trial(config: dict[str, Any]) -> None:
             tracker.finish("FINISHED")
             return
 
+        own = _own_state_path(ctx, trial)
+
         def on_event(record, state: LoopState) -> None:
             if record.event > logged_through:
                 tracker.log_event(record)
+            _save_own_state(own, state)
             if record.event == record.n_events:
                 tracker.log_totals(record)
             _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
@@ -101,7 +128,7 @@ def train_trial(config: dict[str, Any]) -> None:
             if record.event > logged_through:
                 tracker.log_epoch(record)
 
-        resume = _resume_state()
+        resume = _resume_state(own)
         if resume is not None:
             # A retry after a crash or a lost node: say so on the run, which is the same one.
             tracker.note_resume(resume.next_event)
@@ -115,3 +142,4 @@ def train_trial(config: dict[str, Any]) -> None:
         tracker.finish("FAILED", error="".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
     tracker.finish("FINISHED")
+    own.unlink(missing_ok=True)  # finished: the resume copy is no longer needed
