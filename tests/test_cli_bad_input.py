@@ -103,3 +103,14 @@ def test_console_script_exit_code_is_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "tune-prune: error: budget.epochs: must be a positive integer, got -1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_a_tracking_uri_with_credentials_is_refused_before_anything_starts(quickstart_path, tmp_path,
+                                                                           monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["sweep", str(quickstart_path), "--tracking-uri", "http://alice:s3cret@127.0.0.1:5000"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("tune-prune: error: --tracking-uri: the URI carries credentials")
+    assert "s3cret" not in err  # not even in the error message
+    assert list(tmp_path.iterdir()) == []

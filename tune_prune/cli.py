@@ -219,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         return _fail(str(exc))
+    except ValueError as exc:
+        from tune_prune.tracking import CredentialsInUriError
+
+        if isinstance(exc, CredentialsInUriError):
+            return _fail(str(exc))
+        raise
 
 
 if __name__ == "__main__":

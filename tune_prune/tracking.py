@@ -42,12 +42,31 @@ EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wa
 MAX_PARAM_CHARS = 6000
 
 
+class CredentialsInUriError(ValueError):
+    """A tracking URI carries a user name or password."""
+
+
+def check_no_credentials(uri: str, source: str = "--tracking-uri") -> None:
+    """Refuse URIs with user:password@: they would land in logs, Ray's trial configs and on disk."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        raise CredentialsInUriError(
+            f"{source}: the URI carries credentials; remove them and set MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead, so they never "
+            "reach logs, Ray's experiment state or MLflow params")
+
+
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory.
 
     Relative SQLite paths are made absolute: Ray trials run in other directories.
+    A URI with credentials in it is refused (CredentialsInUriError).
     """
+    source = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    check_no_credentials(uri, source)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         rel = uri[len("sqlite:///"):]
         uri = f"sqlite:///{(Path(cwd or os.getcwd()) / rel).resolve()}"
@@ -250,6 +269,9 @@ class TrialTracker:
         if not self.trial.is_dense:
             self.client.log_dict(self.run_id, {"sparsities": list(self.trial.sparsities)}, "schedule.json")
         return 0
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def note_resume(self, completed_events: int) -> None:
         """Count restores on the run and remember from which event the last one resumed."""

@@ -96,6 +96,10 @@ def train_trial(config: dict[str, Any]) -> None:
         return
     logged_through = tracker.start()
     try:
+        import ray
+
+        # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere.
+        tracker.set_tag("tune_prune.node_id", ray.get_runtime_context().get_node_id())
         data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
         cached = dense_cache.load(ctx["cache_dir"], trial.dense_key)
         if cached is None:

@@ -1,0 +1,104 @@
+"""A sweep across two real Ray nodes, logging to a real MLflow server on PostgreSQL,
+with the tracking server stopped and restarted mid-sweep. Everything on 127.0.0.1."""
+
+import copy
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from servers import MlflowServer, postgres, ray_two_nodes
+from tune_prune.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "name": "two_nodes",
+    "dataset": {"name": "digits", "val_size": 0.2},
+    "model": {"name": "mlp", "hidden": [256, 256]},
+    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
+    "finetune": {"lr": 0.01, "batch_size": 8},
+    "budget": {"epochs": 10, "policy": "even"},
+    "target_sparsities": [0.8, 0.9],
+    "seeds": [0],
+    "max_failures": 2,
+    "strategies": {"geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2}},
+}
+
+
+def _outage(server: MlflowServer, seconds: float, happened: list, stop: threading.Event) -> None:
+    """Once trials are logging, take the tracking server down for a while, then bring it back."""
+    client = MlflowClient(server.uri)
+    deadline = time.time() + 180
+    while not stop.is_set() and time.time() < deadline:
+        exp = client.get_experiment_by_name(SPEC["name"])
+        if exp is not None:
+            runs = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'trial'")
+            if any(r.data.metrics.get("sparsity") for r in runs):
+                server.stop()
+                happened.append(time.time())
+                time.sleep(seconds)
+                server.start()
+                happened.append(time.time())
+                return
+        time.sleep(0.3)
+
+
+def test_two_nodes_postgres_server_and_an_outage_lose_nothing(tmp_path, monkeypatch, capsys):
+    from tune_prune.sweep import run_sweep
+
+    with postgres() as (backend, password), ray_two_nodes(tmp_path) as address:
+        server = MlflowServer(backend, tmp_path / "artifacts", tmp_path / "mlflow-server.log")
+        server.start()
+        try:
+            monkeypatch.chdir(tmp_path)
+            monkeypatch.setenv("RAY_AUTH_MODE", "token")
+            spec = parse_spec(copy.deepcopy(SPEC))
+            happened: list[float] = []
+            stop = threading.Event()
+            chaos = threading.Thread(target=_outage, args=(server, 8.0, happened, stop), daemon=True)
+            chaos.start()
+            try:
+                outcome = run_sweep(spec, tracking_uri=server.uri, address=address)
+            finally:
+                stop.set()
+                chaos.join(timeout=120)
+            assert len(happened) == 2, "the tracking server was never taken down: nothing was tested"
+            assert outcome.failed == []
+
+            client = MlflowClient(server.uri)
+            exp = client.get_experiment_by_name(spec.name)
+            runs = client.search_runs([exp.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+            trials = {t.key: t for t in spec.trials()}
+            keys = [r.data.tags["tune_prune.trial_key"] for r in runs]
+            assert sorted(keys) == sorted(trials)  # every trial once, no duplicate runs
+            assert len({r.data.tags["tune_prune.node_id"] for r in runs}) == 2  # both nodes worked
+            for r in runs:
+                assert r.info.status == "FINISHED"
+                if r.data.params["schedule"] == "dense":
+                    continue
+                n = int(r.data.params["n_events"])
+                for key in ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "accelerator_seconds"):
+                    steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+                    assert sorted(steps) == list(range(1, n + 1)), (r.info.run_name, key)
+                epochs = [m.step for m in client.get_metric_history(r.info.run_id, "epoch_val_accuracy")]
+                assert sorted(epochs) == list(range(1, 2 * n + 1))
+            # artifacts went through the server into its store
+            names = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+            assert {"frontier.csv", "report.html", "spec.yaml"} <= names
+            assert any((tmp_path / "artifacts").rglob("report.html"))
+
+            # no secret reaches params, tags, logs, Ray's state, caches or artifacts
+            for r in runs + [client.get_run(outcome.parent_run_id)]:
+                for value in list(r.data.params.values()) + list(r.data.tags.values()):
+                    assert password not in value
+            assert password not in capsys.readouterr().out
+            for root in ("tune_prune_runs", ".tune_prune_cache", "artifacts"):
+                for f in (tmp_path / root).rglob("*"):
+                    if f.is_file() and f.stat().st_size < 5_000_000:
+                        assert password.encode() not in f.read_bytes(), f
+        finally:
+            server.stop()
