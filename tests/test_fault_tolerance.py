@@ -181,3 +181,47 @@ def test_resume_of_a_directory_that_is_no_sweep_exits_2(tmp_path, capsys):
 
     assert main(["resume", str(tmp_path)]) == 2
     assert "is not a tune_prune sweep directory" in capsys.readouterr().err
+
+
+FAILING = {
+    "name": "one_fails",
+    "dataset": {"name": "digits", "val_size": 0.2},
+    "model": {"name": "mlp", "hidden": [64]},
+    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
+    "finetune": {"lr": 0.01, "batch_size": 64},
+    "budget": {"epochs": 6},
+    "target_sparsities": [0.8, 0.9],
+    "seeds": [0],
+    "strategies": {"geometric": {"rate0": 0.5, "patience": 1}, "one_shot": {"patience": 1}},
+}
+
+
+def test_a_trial_that_raises_is_recorded_and_the_rest_of_the_sweep_completes(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from tune_prune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(FAILING))
+    spec = parse_spec(copy.deepcopy(FAILING))
+    (victim,) = [t for t in spec.trials() if t.schedule == "geometric" and t.target == 0.9]
+    monkeypatch.setenv("TUNE_PRUNE_CHAOS", f"fail:{victim.key}")  # workers inherit the driver's env
+    code = main(["sweep", "spec.yaml"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"failed trials: {victim.name}" in captured.err
+    assert f"{len(spec.trials()) - 1}/{len(spec.trials())} trials finished" in captured.out
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("one_fails")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'sweep'")
+    assert parent.data.tags["tune_prune.failed_trials"] == victim.name
+    assert parent.data.metrics["trials_failed"] == 1
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    status = {r.data.tags["tune_prune.trial_key"]: r for r in runs}
+    assert len(status) == len(spec.trials())
+    failed = status[victim.key]
+    assert failed.info.status == "FAILED"
+    assert "InjectedFault" in failed.data.tags["tune_prune.error"]
+    assert [m.step for m in client.get_metric_history(failed.info.run_id, "sparsity")] == [1]  # kept what it did
+    assert all(r.info.status == "FINISHED" for k, r in status.items() if k != victim.key)

@@ -29,6 +29,22 @@ from tune_prune.tracking import TrialTracker
 
 STATE_FILE = "state.pt"
 
+#: Fault injection for testing failure handling (off unless set): "fail:<substring>"
+#: makes every trial whose name contains <substring> raise after its first event.
+CHAOS_ENV = "TUNE_PRUNE_CHAOS"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the TUNE_PRUNE_CHAOS hook; never raised in normal operation."""
+
+
+def _chaos(trial: TrialSpec, event: int) -> None:
+    import os
+
+    rule = os.environ.get(CHAOS_ENV, "")
+    if rule.startswith("fail:") and rule[5:] and rule[5:] in trial.name and event == 1:
+        raise InjectedFault(f"{CHAOS_ENV}={rule}: injected failure of {trial.name} after event {event}")
+
 
 def _report(metrics: dict[str, Any], state: LoopState | None = None) -> None:
     if state is None:
@@ -127,6 +143,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 tracker.log_totals(record)
             _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
                      "milestone": -math.log2(1.0 - record.sparsity)}, state)
+            _chaos(trial, record.event)
 
         def on_epoch(record) -> None:
             if record.event > logged_through:
