@@ -49,13 +49,46 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     spec = load_spec(args.spec, smoke_test=args.smoke_test)  # validated before anything starts
+    if args.storage_path:
+        spec = replace(spec, storage_path=args.storage_path)
+    if args.cache_dir:
+        spec = replace(spec, cache_dir=args.cache_dir)
     from tune_prune.sweep import run_sweep
     from tune_prune.tracking import resolve_tracking_uri
 
     outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(args.tracking_uri), experiment=args.experiment,
                         address=args.address, smoke_test=args.smoke_test)
     return _print_outcome(outcome)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from tune_prune import jobs
+
+    job_id = jobs.submit(args.spec, address=args.address, tracking_uri=args.tracking_uri,
+                         storage_path=args.storage_path, cache_dir=args.cache_dir, smoke_test=args.smoke_test,
+                         experiment=args.experiment)
+    print(job_id)
+    print(f"follow it with: tune-prune logs {job_id} --address {args.address} --follow", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tune_prune import jobs
+
+    info = jobs.status(args.job_id, args.address)
+    print(f"{info['job']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+    return 0 if info["status"] in ("PENDING", "RUNNING", "SUCCEEDED") else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from tune_prune import jobs
+
+    for chunk in jobs.logs(args.job_id, args.address, follow=args.follow):
+        print(chunk, end="")
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -173,7 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="join an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: local Ray")
     s.add_argument("--tracking-uri", help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     s.add_argument("--experiment", help="MLflow experiment name; default: the spec's name")
+    s.add_argument("--storage-path", help="Ray Tune results and checkpoints (overrides the spec's storage_path)")
+    s.add_argument("--cache-dir", help="dense-model cache and trial state (overrides the spec's cache_dir)")
     s.set_defaults(func=cmd_sweep)
+
+    sb = sub.add_parser("submit", help="send a sweep to a Ray cluster as a Ray Job; prints the job id")
+    sb.add_argument("spec")
+    sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    sb.add_argument("--tracking-uri", help="a tracking server the cluster reaches (default: $MLFLOW_TRACKING_URI)")
+    sb.add_argument("--storage-path", help="absolute path on shared storage for Ray results and checkpoints")
+    sb.add_argument("--cache-dir", help="absolute shared path for dense models (default: STORAGE_PATH/cache)")
+    sb.add_argument("--experiment")
+    sb.add_argument("--smoke-test", action="store_true")
+    sb.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="status of a submitted sweep")
+    st.add_argument("job_id")
+    st.add_argument("--address", required=True)
+    st.set_defaults(func=cmd_status)
+
+    lg = sub.add_parser("logs", help="logs of a submitted sweep")
+    lg.add_argument("job_id")
+    lg.add_argument("--address", required=True)
+    lg.add_argument("--follow", action="store_true", help="stream until the job ends")
+    lg.set_defaults(func=cmd_logs)
 
     rs = sub.add_parser("resume", help="finish a grid sweep whose driver died (finished trials are not rerun)")
     rs.add_argument("sweep_dir", help="the directory the sweep printed: <storage_path>/<sweep run name>")
