@@ -102,3 +102,84 @@ def test_two_nodes_postgres_server_and_an_outage_lose_nothing(tmp_path, monkeypa
                         assert password.encode() not in f.read_bytes(), f
         finally:
             server.stop()
+
+
+RESUME = {**SPEC, "name": "two_nodes_resume", "target_sparsities": [0.7, 0.8, 0.9],
+          "strategies": {"geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2}}}
+
+
+def test_worker_and_driver_killed_on_two_nodes_then_resumed(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from test_fault_tolerance import _trial_workers
+    from tune_prune.cli import main
+
+    with postgres() as (backend, _), ray_two_nodes(tmp_path) as address:
+        server = MlflowServer(backend, tmp_path / "artifacts", tmp_path / "mlflow-server.log")
+        server.start()
+        try:
+            (tmp_path / "spec.yaml").write_text(yaml.safe_dump(RESUME))
+            env = {**os.environ, "RAY_AUTH_MODE": "token"}
+            log = open(tmp_path / "driver.log", "w")
+            driver = subprocess.Popen(
+                [sys.executable, "-m", "tune_prune", "sweep", "spec.yaml", "--address", address,
+                 "--tracking-uri", server.uri], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+            client = MlflowClient(server.uri)
+            worker_killed, finished_before = False, {}
+            deadline = time.time() + 240
+            try:
+                while time.time() < deadline and driver.poll() is None:
+                    time.sleep(0.3)
+                    exp = client.get_experiment_by_name(RESUME["name"])
+                    if exp is None:
+                        continue
+                    runs = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'trial'")
+                    if not worker_killed and any(r.data.metrics.get("sparsity") for r in runs):
+                        for pid in _trial_workers():  # a trial worker dies mid fine-tune
+                            os.kill(pid, signal.SIGKILL)
+                        worker_killed = True
+                        continue
+                    done = {r.data.tags["tune_prune.trial_key"]: r.info.end_time
+                            for r in runs if r.info.status == "FINISHED"}
+                    if worker_killed and len(done) >= 2:
+                        finished_before = done
+                        os.killpg(driver.pid, signal.SIGKILL)  # then the driver
+                        break
+            finally:
+                if driver.poll() is None:
+                    os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+                log.close()
+            assert worker_killed and finished_before, (tmp_path / "driver.log").read_text()[-3000:]
+
+            monkeypatch.chdir(tmp_path)
+            monkeypatch.setenv("RAY_AUTH_MODE", "token")
+            (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
+            assert main(["resume", str(sweep_dir), "--address", address]) == 0
+
+            exp = client.get_experiment_by_name(RESUME["name"])
+            (parent,) = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'sweep'")
+            assert parent.info.status == "FINISHED"
+            runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            spec = parse_spec(copy.deepcopy(RESUME))
+            assert sorted(r.data.tags["tune_prune.trial_key"] for r in runs) == sorted(t.key for t in spec.trials())
+            for r in runs:
+                assert r.info.status == "FINISHED"
+                key = r.data.tags["tune_prune.trial_key"]
+                if key in finished_before:
+                    assert r.info.end_time == finished_before[key]  # finished trials were not rerun
+                if r.data.params["schedule"] == "dense":
+                    continue
+                n = int(r.data.params["n_events"])
+                steps = [m.step for m in client.get_metric_history(r.info.run_id, "sparsity")]
+                assert sorted(steps) == list(range(1, n + 1)), r.info.run_name
+                epochs = [m.step for m in client.get_metric_history(r.info.run_id, "epoch_val_accuracy")]
+                assert sorted(epochs) == list(range(1, 2 * n + 1)), r.info.run_name
+        finally:
+            server.stop()

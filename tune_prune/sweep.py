@@ -31,8 +31,9 @@ class SweepOutcome:
     summary: str
 
 
-def _say(out: TextIO, msg: str) -> None:
-    print(msg, file=out, flush=True)
+def _say(out: TextIO | None, msg: str) -> None:
+    # None: whatever sys.stdout is now (a default bound at import time can be a closed stream)
+    print(msg, file=out if out is not None else sys.stdout, flush=True)
 
 
 def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu: float) -> dict[str, Any]:
@@ -307,7 +308,7 @@ def run_sweep(
     experiment: str | None = None,
     address: str | None = None,
     smoke_test: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> SweepOutcome:
     """Pretrain the dense models, run every trial on Ray Tune, then build and log the frontier."""
     import ray
@@ -385,7 +386,7 @@ def run_sweep(
     return _finish(spec, tracker, experiment, failed, t_start)
 
 
-def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO = sys.stdout) -> SweepOutcome:
+def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | None = None) -> SweepOutcome:
     """Finish a grid sweep whose driver died: restore its Tuner, rerun nothing that finished.
 
     Unfinished trials resume from their last prune-event checkpoint and write into

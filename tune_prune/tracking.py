@@ -241,13 +241,24 @@ class TrialTracker:
         )
         return runs[0] if runs else None
 
+    def _params(self) -> dict[str, Any]:
+        params = trial_params(self.trial)
+        params.update(device=self.device, accelerator_share=self.share)
+        return params
+
     def start(self) -> int:
-        """Open (or reopen) the child run; return the last event already logged (0 if none)."""
+        """Open (or reopen) the child run; return the last event already logged (0 if none).
+
+        A reopened run without params gets them: a worker killed between creating the
+        run and logging its params leaves it bare (log_batch writes params all or
+        nothing, so a run has all of them or none).
+        """
         existing = self._existing()
         if existing is not None:
-            existing = [existing]
-            self.run_id = existing[0].info.run_id
+            self.run_id = existing.info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
+            if not existing.data.params:
+                self.client.log_batch(self.run_id, params=_params(self._params()))
             history = self.client.get_metric_history(self.run_id, "sparsity")
             return max((m.step for m in history), default=0)
         run = self.client.create_run(
@@ -263,9 +274,7 @@ class TrialTracker:
             },
         )
         self.run_id = run.info.run_id
-        params = trial_params(self.trial)
-        params.update(device=self.device, accelerator_share=self.share)
-        self.client.log_batch(self.run_id, params=_params(params))
+        self.client.log_batch(self.run_id, params=_params(self._params()))
         if not self.trial.is_dense:
             self.client.log_dict(self.run_id, {"sparsities": list(self.trial.sparsities)}, "schedule.json")
         return 0
