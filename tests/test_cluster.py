@@ -11,21 +11,11 @@ from mlflow.tracking import MlflowClient
 
 from servers import MlflowServer, postgres, ray_two_nodes
 from tune_prune.spec import parse_spec
+from workloads import slow_digits
 
 pytestmark = pytest.mark.integration
 
-SPEC = {
-    "name": "two_nodes",
-    "dataset": {"name": "digits", "val_size": 0.2},
-    "model": {"name": "mlp", "hidden": [256, 256]},
-    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
-    "finetune": {"lr": 0.01, "batch_size": 8},
-    "budget": {"epochs": 10, "policy": "even"},
-    "target_sparsities": [0.8, 0.9],
-    "seeds": [0],
-    "max_failures": 2,
-    "strategies": {"geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2}},
-}
+SPEC = slow_digits("two_nodes", budget={"epochs": 10, "policy": "even"}, max_failures=2)
 
 
 def _outage(server: MlflowServer, seconds: float, happened: list, stop: threading.Event) -> None:

@@ -11,21 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune_prune.spec import parse_spec
+from workloads import slow_digits
 
 pytestmark = pytest.mark.integration
 
-SLOW = {
-    "name": "kill_worker",
-    "dataset": {"name": "digits", "val_size": 0.2},
-    "model": {"name": "mlp", "hidden": [256, 256]},
-    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
-    "finetune": {"lr": 0.01, "batch_size": 8},  # small batches: events last long enough to be hit
-    "budget": {"epochs": 40, "policy": "even"},
-    "target_sparsities": [0.9],
-    "seeds": [0],
-    "max_failures": 2,
-    "strategies": {"geometric": {"rate0": 0.4, "patience": None, "epochs_per_event": 8}},
-}
+SLOW = slow_digits("kill_worker", budget={"epochs": 40, "policy": "even"}, target_sparsities=[0.9],
+                   max_failures=2, strategies={"geometric": {"rate0": 0.4, "patience": None, "epochs_per_event": 8}})
 
 
 def _trial_workers() -> list[int]:
@@ -92,18 +83,9 @@ def test_killed_worker_resumes_from_its_last_prune_event_in_the_same_run(tmp_pat
     assert cost[n] == n * 8
 
 
-DRIVER = {
-    "name": "kill_driver",
-    "dataset": {"name": "digits", "val_size": 0.2},
-    "model": {"name": "mlp", "hidden": [256, 256]},
-    "pretrain": {"epochs": 3, "lr": 0.05, "batch_size": 64},
-    "finetune": {"lr": 0.01, "batch_size": 8},
-    "budget": {"epochs": 12, "policy": "even"},
-    "target_sparsities": [0.8, 0.9],
-    "seeds": [0],
-    "strategies": {"geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2},
-                   "one_shot": {"patience": None, "epochs_per_event": 6}},
-}
+DRIVER = slow_digits("kill_driver", strategies={
+    "geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2},
+    "one_shot": {"patience": None, "epochs_per_event": 6}})
 
 
 def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tmp_path):

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -290,15 +291,27 @@ class NoRepeatSearcher:
 CONTEXT_FILE = "tune_prune_sweep.json"
 
 
-def _init_ray(address: str | None) -> None:
+@contextmanager
+def _ray_session(address: str | None, tracker):
+    """Ray for the body of a sweep; always shut down, and the parent run marked FAILED
+    if the body raised (the trials' own runs record their fate themselves)."""
     import ray
 
     # A checkpoint per prune event is by design; Tune's "snapshotting too often" warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    ok = False
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING")
+        yield
+        ok = True
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not ok:
+            tracker.end("FAILED")
 
 
 def run_sweep(
@@ -334,9 +347,7 @@ def run_sweep(
               f"MLflow experiment '{experiment}' (id {tracker.experiment_id}), parent run {parent_id}")
     _say(out, f"tracking store: {tracking_uri}")
 
-    status = "FAILED"
-    try:
-        _init_ray(address)
+    with _ray_session(address, tracker):
         res = spec.resources
 
         # Dense models: one Ray task per key missing from the cache, in parallel.
@@ -377,12 +388,6 @@ def run_sweep(
             failed = fit.grid(trials, run_name)
         else:
             failed = _adaptive(spec, fit, run_name, out)
-        status = "FINISHED"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        if status != "FINISHED":
-            tracker.end("FAILED")
     return _finish(spec, tracker, experiment, failed, t_start)
 
 
@@ -392,7 +397,6 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
     Unfinished trials resume from their last prune-event checkpoint and write into
     their existing MLflow child runs (found by trial key); errored trials are retried.
     """
-    import ray
     from ray import tune
 
     from tune_prune.spec import parse_spec
@@ -410,9 +414,7 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
     tracker = SweepTracker(context["tracking_uri"], context["experiment"])
     tracker.reopen_parent(context["parent_run_id"])
     _say(out, f"resuming sweep {context['run_name']} (parent run {context['parent_run_id']}) from {exp_dir}")
-    status = "FAILED"
-    try:
-        _init_ray(address)
+    with _ray_session(address, tracker):
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise LookupError(f"Ray Tune has no restorable state in {exp_dir}")
         res = spec.resources
@@ -427,12 +429,6 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
         from tune_prune.trainable import trial_from_config
 
         failed = [trial_from_config(r.config).name for r in grid if r.error is not None]
-        status = "FINISHED"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        if status != "FINISHED":
-            tracker.end("FAILED")
     return _finish(spec, tracker, context["experiment"], failed, t_start)
 
 
