@@ -3,9 +3,9 @@
 The config carries the trial (``config["trial"]``, a TrialSpec as a dict) and the
 sweep context (``config["ctx"]``: tracking URI, experiment and parent run ids,
 cache dir, resources). Each event is logged to the trial's MLflow child run first,
-then reported to Tune with a checkpoint, so a retried trial resumes at the next
-event and reopens the same child run (found by its trial key) without logging a
-step twice.
+then saved as the trial's own state copy and reported to Tune with a checkpoint, so
+a retried or resumed trial continues at the next event and reopens the same child
+run (found by its trial key) without logging a step twice.
 """
 
 from __future__ import annotations
@@ -136,11 +136,11 @@ def train_trial(config: dict[str, Any]) -> None:
         own = _own_state_path(ctx, trial)
 
         def on_event(record, state: LoopState) -> None:
-            if record.event > logged_through:
+            if record.event > logged_through:  # a replayed event was logged before the crash
                 tracker.log_event(record)
+                if record.event == record.n_events:
+                    tracker.log_totals(record)
             _save_own_state(own, state)
-            if record.event == record.n_events:
-                tracker.log_totals(record)
             _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
                      "milestone": -math.log2(1.0 - record.sparsity)}, state)
             _chaos(trial, record.event)
@@ -158,6 +158,8 @@ def train_trial(config: dict[str, Any]) -> None:
         # Tune stops a function trainable by raising SystemExit from tune.report: a
         # scheduler (ASHA) decision, not a failure. The events logged so far stand.
         tracker.finish("KILLED", note="stopped early by the scheduler")
+        if not trial.is_dense:
+            _own_state_path(ctx, trial).unlink(missing_ok=True)  # it will not be resumed
         raise
     except BaseException as exc:
         tracker.finish("FAILED", error="".join(traceback.format_exception_only(type(exc), exc)).strip())
