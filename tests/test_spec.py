@@ -45,7 +45,7 @@ PINNED = {
 }
 
 
-PINNED_NAMES = ["dense-s0-b2442ff8", "geometric-s0.9-94909180"]
+PINNED_NAMES = ["dense-s0-08dc4dca", "geometric-s0.9-b52494a4"]
 
 
 def test_trial_names_are_deterministic_content_keys():

@@ -19,6 +19,7 @@ from torch import nn
 from tune_prune.data import DataBundle
 from tune_prune.models import build_model
 from tune_prune.pruning import budget as budget_policies
+from tune_prune.pruning import criteria
 from tune_prune.pruning.masks import MaskSet
 from tune_prune.pruning.patience import Patience
 from tune_prune.spec import PretrainSpec, TrialSpec
@@ -144,6 +145,38 @@ def train_epoch(
     return float(total) / seen
 
 
+#: Training batches whose gradients feed a gradient-based criterion before each prune event.
+GRADIENT_BATCHES = 16
+
+
+def gradient_statistics(
+    model: nn.Module, masks: MaskSet, data: DataBundle, batch_size: int, generator: torch.Generator,
+    batches: int = GRADIENT_BATCHES,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Mean gradient and mean squared gradient of every prunable tensor over training batches.
+
+    Computed in eval mode so BatchNorm running statistics are not disturbed; the
+    weights do not change.
+    """
+    model.eval()
+    mean = {n: torch.zeros_like(p) for n, p in masks.params.items()}
+    sq = {n: torch.zeros_like(p) for n, p in masks.params.items()}
+    order = torch.randperm(len(data.y_train), generator=generator, device=generator.device)
+    seen = 0
+    for b in range(batches):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        if len(idx) == 0:
+            break
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(data.prepare(data.x_train[idx], train=False)), data.y_train[idx]).backward()
+        for n, p in masks.params.items():
+            mean[n] += p.grad
+            sq[n] += p.grad.pow(2)
+        seen += 1
+    model.zero_grad(set_to_none=True)
+    return {n: v / seen for n, v in mean.items()}, {n: v / seen for n, v in sq.items()}
+
+
 def _generator(device: torch.device, *seed_parts: int) -> torch.Generator:
     # Seeded from (trial seed, epoch counter) so a resumed trial replays the
     # same batches as an uninterrupted one.
@@ -235,7 +268,12 @@ def run_trial(
     records = []
     for i in range(start_event, n_events):
         t0 = time.perf_counter()
-        masks.prune_to(schedule[i])
+        if criteria.get(trial.criterion).needs_gradients:
+            # recomputed from training-set gradients before every prune event
+            g, g2 = gradient_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -2, i))
+            masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2))
+        else:
+            masks.prune_to(schedule[i])
         cap = policy(trial.budget.epochs, cost, i, n_events)
         if trial.mode == "fixed":
             epochs = min(trial.epochs_per_event, cap)

@@ -164,6 +164,7 @@ class TrialSpec:
     patience: int | None = None
     first_patience: int | None = None
     epochs_per_event: int | None = None
+    criterion: str = "global_magnitude"
 
     @property
     def is_dense(self) -> bool:
@@ -312,12 +313,13 @@ class SweepSpec:
     cache_dir: str = ".tune_prune_cache"
     sweep_budget: SweepBudgetSpec = field(default_factory=SweepBudgetSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
+    criterion: str = "global_magnitude"
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
 
     def base(self) -> dict[str, Any]:
         """The settings every trial of this sweep shares."""
         return dict(dataset=self.dataset, model=self.model, pretrain=self.pretrain,
-                    finetune=self.finetune, budget=self.budget)
+                    finetune=self.finetune, budget=self.budget, criterion=self.criterion)
 
     def dense_trials(self) -> list[TrialSpec]:
         return [TrialSpec(**self.base(), schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
@@ -391,7 +393,7 @@ def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], targe
 
 _TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities",
              "seeds", "strategies", "resources", "max_failures", "storage_path", "cache_dir",
-             "search", "smoke_test")
+             "search", "criterion", "smoke_test")
 
 
 def load_spec(path: str | Path, smoke_test: bool = False) -> SweepSpec:
@@ -442,6 +444,11 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     targets = _targets(raw.get("target_sparsities"))
     seeds = _seeds(raw.get("seeds", [0]))
     search = _search(_section(raw, "search"))
+    from tune_prune.pruning.criteria import CRITERIA
+
+    criterion = raw.get("criterion", "global_magnitude")
+    if criterion not in CRITERIA:
+        raise SpecError("criterion", f"unknown criterion {criterion!r}; accepted: {', '.join(sorted(CRITERIA))}")
     strategies = _strategies(raw.get("strategies"), adaptive=search.mode == "adaptive")
     resources = _dataclass(ResourcesSpec, _section(raw, "resources"), "resources")
     if resources.cpu <= 0:
@@ -453,6 +460,7 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
         name=name, dataset=dataset, model=model, pretrain=pretrain, finetune=finetune,
         budget=budget, target_sparsities=targets, seeds=seeds, strategies=strategies,
         resources=resources, max_failures=max_failures, sweep_budget=sweep_budget, search=search,
+        criterion=criterion,
         storage_path=str(raw.get("storage_path", "tune_prune_runs")),
         cache_dir=str(raw.get("cache_dir", ".tune_prune_cache")),
         resolved=_frozen(raw),

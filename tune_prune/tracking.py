@@ -117,7 +117,7 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "min_delta": trial.finetune.min_delta,
         "model": trial.model.name,
         "dataset": trial.dataset.name,
-        "criterion": "global_magnitude",
+        "criterion": trial.criterion,
         "trial_key": trial.key,
         "config_key": trial.config_key,
         "dense_key": trial.dense_key,

@@ -85,7 +85,7 @@ def trial_from_config(config: dict[str, Any]) -> TrialSpec:
         return TrialSpec.from_dict(config["trial"])
     base = TrialSpec.from_dict(config["base"])
     shared = dict(dataset=base.dataset, model=base.model, pretrain=base.pretrain, finetune=base.finetune,
-                  budget=base.budget)
+                  budget=base.budget, criterion=base.criterion)
     b = config["bracket"]
     return make_trial(shared, b["schedule"], dict(config["point"]), b["target"], b["seed"])
 

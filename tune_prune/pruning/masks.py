@@ -74,8 +74,12 @@ class MaskSet:
         return self.pruned / self.total
 
     @torch.no_grad()
-    def prune_to(self, sparsity: float, criterion: Criterion = global_magnitude) -> int:
+    def prune_to(self, sparsity: float, criterion: Criterion = global_magnitude,
+                 scores: dict[str, torch.Tensor] | None = None) -> int:
         """Grow the pruned set to round(sparsity * W) entries; return how many were newly pruned.
+
+        ``scores`` (one tensor per prunable parameter, e.g. from ``criteria.scores``)
+        replaces ``criterion`` when given.
 
         Entries already pruned stay pruned and are not re-ranked: they are given a
         score of -inf so they always fill the bottom of the global ranking, and the
@@ -90,7 +94,8 @@ class MaskSet:
             return 0
         scores = torch.cat(
             [
-                torch.where(self.masks[n] > 0, criterion(p).float(), float("-inf")).flatten()
+                torch.where(self.masks[n] > 0, (scores[n] if scores is not None else criterion(p)).float(),
+                            float("-inf")).flatten()
                 for n, p in self.params.items()
             ]
         )
