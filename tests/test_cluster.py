@@ -4,14 +4,13 @@ with the tracking server stopped and restarted mid-sweep. Everything on 127.0.0.
 import copy
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from servers import MlflowServer, postgres, ray_two_nodes
 from tune_prune.spec import parse_spec
-from workloads import slow_digits
+from workloads import driver, slow_digits
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +100,6 @@ RESUME = {**SPEC, "name": "two_nodes_resume", "target_sparsities": [0.7, 0.8, 0.
 def test_worker_and_driver_killed_on_two_nodes_then_resumed(tmp_path, monkeypatch):
     import os
     import signal
-    import subprocess
-    import sys
-
     import yaml
 
     from test_fault_tolerance import _trial_workers
@@ -115,16 +111,12 @@ def test_worker_and_driver_killed_on_two_nodes_then_resumed(tmp_path, monkeypatc
         try:
             (tmp_path / "spec.yaml").write_text(yaml.safe_dump(RESUME))
             env = {**os.environ, "RAY_AUTH_MODE": "token"}
-            log = open(tmp_path / "driver.log", "w")
-            driver = subprocess.Popen(
-                [sys.executable, "-m", "tune_prune", "sweep", "spec.yaml", "--address", address,
-                 "--tracking-uri", server.uri], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
             client = MlflowClient(server.uri)
             worker_killed, finished_before = False, {}
             deadline = time.time() + 240
-            try:
-                while time.time() < deadline and driver.poll() is None:
+            args = ["sweep", "spec.yaml", "--address", address, "--tracking-uri", server.uri]
+            with driver(args, tmp_path, env) as proc:
+                while time.time() < deadline and proc.poll() is None:
                     time.sleep(0.3)
                     exp = client.get_experiment_by_name(RESUME["name"])
                     if exp is None:
@@ -139,13 +131,8 @@ def test_worker_and_driver_killed_on_two_nodes_then_resumed(tmp_path, monkeypatc
                             for r in runs if r.info.status == "FINISHED"}
                     if worker_killed and len(done) >= 2:
                         finished_before = done
-                        os.killpg(driver.pid, signal.SIGKILL)  # then the driver
+                        os.killpg(proc.pid, signal.SIGKILL)  # then the driver
                         break
-            finally:
-                if driver.poll() is None:
-                    os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait(timeout=30)
-                log.close()
             assert worker_killed and finished_before, (tmp_path / "driver.log").read_text()[-3000:]
 
             monkeypatch.chdir(tmp_path)

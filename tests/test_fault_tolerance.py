@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune_prune.spec import parse_spec
-from workloads import slow_digits
+from workloads import driver, slow_digits
 
 pytestmark = pytest.mark.integration
 
@@ -98,14 +98,11 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
 
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(DRIVER))
     n_trials = len(parse_spec(copy.deepcopy(DRIVER)).trials())
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "tune_prune", "sweep", "spec.yaml"], cwd=tmp_path,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     finished_before: dict[str, int] = {}
     deadline = time.time() + 180
-    try:
-        while time.time() < deadline and driver.poll() is None:
+    with driver(["sweep", "spec.yaml"], tmp_path) as proc:
+        while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
             # Open the SQLite store only once the driver has created it: concurrent schema
             # creation races (environment.md). The context file is written after that.
@@ -119,13 +116,8 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
             done = {r.data.tags["tune_prune.trial_key"]: r.info.end_time for r in runs if r.info.status == "FINISHED"}
             if len(done) >= 2 and len(done) < n_trials:
                 finished_before = done
-                os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
                 break
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-        log.close()
     assert finished_before, "the driver finished (or never got going) before it could be killed:\n" + \
         (tmp_path / "driver.log").read_text()[-3000:]
     # the local Ray cluster the driver started is orphaned: take it down as a dead machine would be

@@ -1,6 +1,12 @@
 """Small real workloads shared by the fault and cluster tests."""
 
 import copy
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def slow_digits(name: str, **changes) -> dict:
@@ -19,3 +25,22 @@ def slow_digits(name: str, **changes) -> dict:
     }
     spec.update(copy.deepcopy(changes))
     return spec
+
+
+@contextmanager
+def driver(args: list[str], cwd: Path, env: dict | None = None):
+    """`python -m tune_prune ARGS` in its own session, logging to cwd/driver.log.
+
+    Yields the process; a test kills it with os.killpg(proc.pid, SIGKILL). Whatever
+    happens, the whole process group is gone afterwards.
+    """
+    log = open(cwd / "driver.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tune_prune", *args], cwd=cwd, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()

@@ -118,17 +118,13 @@ def _print_outcome(outcome) -> int:
 def cmd_frontier(args: argparse.Namespace) -> int:
     from tune_prune import frontier as fr
     from tune_prune import report
-    from tune_prune.tracking import USABLE_STATUSES, find_sweep_run, load_records, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri)
     try:
-        run = find_sweep_run(uri, args.experiment, args.run_id)
+        _, run, finished = _load_sweep(args)
     except LookupError as exc:
         return _fail(str(exc))
-    records = load_records(uri, run.info.experiment_id, run.info.run_id)
-    finished = records[records["status"].isin(USABLE_STATUSES)]
     front = fr.frontier(finished)
-    print(f"sweep run {run.info.run_name} ({run.info.run_id}), {records['trial_key'].nunique()} trials")
+    print(f"sweep run {run.info.run_name} ({run.info.run_id}), {finished['trial_key'].nunique()} trials recorded")
     print(report.format_frontier(front, fr.dense_baseline(finished)))
     if args.csv:
         report.write_csv(front, args.csv)
