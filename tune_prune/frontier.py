@@ -26,6 +26,11 @@ Rules (stated once, tested):
   EVERY one of its seeds reached p having spent at most B (cost_epochs, or any
   other cumulative cost column such as accelerator_seconds). Dropping the slow
   seeds instead would flatter patience runs.
+- Measured ratios and speed: a point also carries the mean fraction of
+  parameters (and, structured, MACs) actually removed, and the mean measured
+  speed-ups of the final models; those speed figures belong to a point only where
+  the run was AIMED at that level (its final model is the model at that level),
+  and are NaN at levels an iterative run merely passed through.
 - Pareto front: configuration points (mean sparsity, mean test accuracy, mean
   cost) not dominated by another point that is at least as sparse, at least as
   accurate and at most as costly, and strictly better in one of the three.
@@ -41,6 +46,10 @@ from scipy import stats
 
 DENSE = "dense"
 TOLERANCE = 1e-4
+
+#: final-model timings (see tracking.SPEED_METRICS) that frontier points carry where they apply
+SPEED_COLUMNS = ("latency_ms", "dense_latency_ms", "latency_speedup", "throughput_speedup",
+                 "csr_latency_speedup", "csr_throughput_speedup")
 
 FRONTIER_COLUMNS = [
     "strategy", "sparsity_level", "config", "config_key", "seeds", "val_accuracy_mean",
@@ -101,6 +110,12 @@ def config_points(
         cost_epochs_max=("cost_epochs", "max"),
         budget_cost_max=(cost_column, "max"),
     )
+    for col in ("param_sparsity", "mac_sparsity", *SPEED_COLUMNS):
+        if col in points.columns:
+            agg[f"{col}_mean"] = (col, "mean")
+    if SPEED_COLUMNS[0] in points.columns:
+        passing = (points["target_sparsity"] - points["sparsity_level"]).abs() > TOLERANCE
+        points = points.assign(**{c: points[c].mask(passing) for c in SPEED_COLUMNS if c in points.columns})
     if "accelerator_seconds" in points.columns:
         agg["accelerator_seconds_mean"] = ("accelerator_seconds", "mean")
         agg["accelerator_seconds_max"] = ("accelerator_seconds", "max")

@@ -22,7 +22,8 @@ from tune_prune.pruning import budget as budget_policies
 from tune_prune.pruning import criteria
 from tune_prune.pruning.masks import MaskSet
 from tune_prune.pruning.patience import Patience
-from tune_prune.spec import PretrainSpec, TrialSpec
+from tune_prune.pruning.structured import ChannelPruner, resize_to_state
+from tune_prune.spec import STRUCTURED, PretrainSpec, TrialSpec
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,13 @@ class EventRecord:
     budget_cap: int  # epochs the budget policy allowed this event
     cost_epochs: int  # cumulative fine-tuning epochs of the trial
     wall_seconds: float  # cumulative fine-tuning wall time of the trial
+    # measured fractions removed (structured: physically; unstructured: exact zeros)
+    param_sparsity: float | None = None
+    mac_sparsity: float | None = None  # structured only: dense kernels skip no zero
+    channel_sparsity: float | None = None  # structured only
 
     def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items()}
+        return {k: float(v) for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
@@ -78,6 +83,8 @@ class LoopState:
 class Hooks:
     on_epoch: Callable[[EpochRecord], None] = lambda record: None
     on_event: Callable[[EventRecord, LoopState], None] = lambda record, state: None
+    #: called once with the final model (last event's kept checkpoint), in eval mode
+    on_final: Callable[[nn.Module], None] = lambda model: None
 
 
 @dataclass(frozen=True)
@@ -258,22 +265,26 @@ def run_trial(
 
     model = new_model(trial, data, trial.seed).to(device)
     model.load_state_dict(dense_state)
-    masks = MaskSet(model)
+    masks = _pruner(trial, model, data, device)
     start_event, cost, wall = 0, 0, 0.0
     if resume is not None:
+        if isinstance(masks, ChannelPruner):
+            resize_to_state(model, resume.model_state)
         model.load_state_dict(resume.model_state)
-        masks.load_state_dict(resume.mask_state)
+        masks = _pruner(trial, model, data, device, resume.mask_state)
         start_event, cost, wall = resume.next_event, resume.cost_epochs, resume.wall_seconds
 
     records = []
     for i in range(start_event, n_events):
         t0 = time.perf_counter()
+        g = g2 = None
         if criteria.get(trial.criterion).needs_gradients:
             # recomputed from training-set gradients before every prune event
             g, g2 = gradient_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -2, i))
-            masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2))
+        if isinstance(masks, ChannelPruner):
+            masks.prune_to(schedule[i], trial.criterion, g, g2)
         else:
-            masks.prune_to(schedule[i])
+            masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2))
         cap = policy(trial.budget.epochs, cost, i, n_events)
         if trial.mode == "fixed":
             epochs = min(trial.epochs_per_event, cap)
@@ -318,6 +329,7 @@ def run_trial(
             budget_cap=cap,
             cost_epochs=cost,
             wall_seconds=wall,
+            **_reached(masks),
         )
         records.append(record)
         state = LoopState(
@@ -329,4 +341,23 @@ def run_trial(
             mask_state=masks.state_dict(),
         )
         hooks.on_event(record, state)
+    model.eval()
+    hooks.on_final(model)
     return records
+
+
+def _pruner(trial: TrialSpec, model: nn.Module, data: DataBundle, device: torch.device,
+            state: dict[str, Any] | None = None) -> MaskSet | ChannelPruner:
+    """Masks (unstructured) or a channel pruner (structured) for ``model``, restored from ``state``."""
+    if trial.structure == STRUCTURED:
+        return ChannelPruner(model, torch.zeros(1, *data.in_shape, device=device), state)
+    masks = MaskSet(model)
+    if state is not None:
+        masks.load_state_dict(state)
+    return masks
+
+
+def _reached(pruner: MaskSet | ChannelPruner) -> dict[str, float]:
+    if isinstance(pruner, ChannelPruner):
+        return pruner.reached()
+    return {"param_sparsity": pruner.measured_sparsity()}

@@ -30,7 +30,50 @@ def format_frontier(front: pd.DataFrame, dense: dict[str, float]) -> str:
     else:
         lines.append("test accuracy (%) of each strategy's best configuration (chosen on validation), mean ± std over seeds:")
         lines.append(table.to_string())
+        speed = speed_table(front)
+        if not speed.empty:
+            lines.append("final models, measured (speed-up = dense time / pruned time; '-' = level passed on the way):")
+            lines.append(speed.drop(columns=["test acc (%)"]).to_string(index=False))
     return "\n".join(lines)
+
+
+def _pct(v: float) -> str:
+    return "-" if pd.isna(v) else f"{v * 100:.1f}"
+
+
+def _times(v: float) -> str:
+    return "-" if pd.isna(v) else f"{v:.2f}x"
+
+
+def speed_table(front: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy next to what was removed and the measured speed of each frontier point's final models.
+
+    Speed cells are '-' where the point is an intermediate event of a sparser run
+    (its final model is not the model at that level) or where timing was off.
+    """
+    if front.empty or "latency_speedup_mean" not in front.columns:
+        return pd.DataFrame()
+    rows = []
+    for r in front.sort_values(["sparsity_level", "strategy"]).itertuples():
+        row = {
+            "sparsity": f"{r.sparsity_level:g}",
+            "strategy": r.strategy,
+            "test acc (%)": f"{r.test_accuracy_mean * 100:.2f}",
+            "params removed (%)": _pct(getattr(r, "param_sparsity_mean", float("nan"))),
+            "MACs removed (%)": _pct(getattr(r, "mac_sparsity_mean", float("nan"))),
+            "latency ms (dense)": "-" if pd.isna(r.latency_ms_mean)
+            else f"{r.latency_ms_mean:.3g} ({r.dense_latency_ms_mean:.3g})",
+            "latency speed-up": _times(r.latency_speedup_mean),
+            "throughput speed-up": _times(r.throughput_speedup_mean),
+        }
+        if front["csr_latency_speedup_mean"].notna().any():
+            row["CSR latency speed-up"] = _times(r.csr_latency_speedup_mean)
+            row["CSR throughput speed-up"] = _times(r.csr_throughput_speedup_mean)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if (table["MACs removed (%)"] == "-").all():
+        table = table.drop(columns=["MACs removed (%)"])
+    return table
 
 
 def write_csv(front: pd.DataFrame, path: str | Path) -> Path:
@@ -178,6 +221,7 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
         })
     recs = pd.DataFrame(rows)
     pivot = fr.pivot(front)
+    speed = speed_table(front)
     dense_line = (f"Dense baseline: {dense['test_accuracy_mean'] * 100:.2f} ± {dense['test_accuracy_std'] * 100:.2f} % "
                   f"test accuracy over {dense['seeds']} seed(s).") if dense.get("seeds") else "No dense baseline finished."
     page = f"""<!doctype html>
@@ -191,6 +235,12 @@ Each strategy's point at a sparsity is its configuration with the best mean vali
 runs that reached at least that sparsity; test accuracy is reported as mean ± 95% CI half-width over seeds.</p>
 <h2>Frontier</h2>{_img(out / "frontier.png")}
 {pivot.to_html() if not pivot.empty else "<p>no frontier</p>"}
+<h2>What the pruned models buy: measured inference speed</h2>
+{speed.to_html(index=False) if not speed.empty else "<p>no timings recorded</p>"}
+<p>Each final model was timed against the dense model on the trial's own device: median batch-1 latency
+and throughput at the spec's <code>speed.batch_size</code>, after warm-up, dense and pruned interleaved.
+Speed-up = dense time / pruned time. Unstructured zeros run on dense kernels; the CSR columns store
+sparse-enough Linear layers in CSR format. "-": the point is an intermediate event of a sparser run.</p>
 <h2>Recommendation per sparsity (whole budget)</h2>
 {recs.to_html(index=False) if not recs.empty else "<p>none</p>"}
 <p>Winner chosen on validation accuracy; the difference to the runner-up is tested on test accuracy over

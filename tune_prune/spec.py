@@ -25,6 +25,10 @@ from tune_prune.pruning import budget as budget_policies
 from tune_prune.pruning.schedules import SCHEDULE_KNOBS, ScheduleError, build_schedule
 
 DENSE = "dense"
+UNSTRUCTURED, STRUCTURED = "unstructured", "structured"
+STRUCTURES = (STRUCTURED, UNSTRUCTURED)
+#: criterion used when a spec names none, per structure
+DEFAULT_CRITERION = {UNSTRUCTURED: "global_magnitude", STRUCTURED: "l2_magnitude"}
 
 # Per-strategy keys besides the schedule's own knobs. patience: null means
 # fixed-epochs fine-tuning (epochs_per_event epochs per event); an integer
@@ -143,6 +147,19 @@ class PlannedCost:
 
 
 @dataclass(frozen=True)
+class SpeedSpec:
+    """How each trial's final model is timed against the dense one (see tune_prune.speed).
+
+    Timing does not change what a trial trains, so it is not part of trial keys.
+    """
+
+    enabled: bool = True
+    batch_size: int = 256  # the throughput batch; latency is always batch 1
+    warmup: int = 3
+    repeats: int = 15
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
     cpu: float = 1.0
     gpu: float = 0.0
@@ -165,6 +182,7 @@ class TrialSpec:
     first_patience: int | None = None
     epochs_per_event: int | None = None
     criterion: str = "global_magnitude"
+    structure: str = UNSTRUCTURED
 
     @property
     def is_dense(self) -> bool:
@@ -184,6 +202,14 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _keyed(self) -> dict[str, Any]:
+        # Fields added after keys were first published are left out at their
+        # default value, so trials of older sweeps keep their keys (and resume).
+        d = self.to_dict()
+        if d["structure"] == UNSTRUCTURED:
+            d.pop("structure")
+        return d
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
         def tup(v: Any) -> Any:
@@ -202,12 +228,12 @@ class TrialSpec:
     @property
     def key(self) -> str:
         """8 hex chars naming this trial's full settings (the Ray trial and the MLflow run)."""
-        return _hash(self.to_dict())
+        return _hash(self._keyed())
 
     @property
     def config_key(self) -> str:
         """Like ``key`` but without the seed: trials that differ only by seed share it."""
-        d = self.to_dict()
+        d = self._keyed()
         d.pop("seed")
         return _hash(d)
 
@@ -314,12 +340,15 @@ class SweepSpec:
     sweep_budget: SweepBudgetSpec = field(default_factory=SweepBudgetSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     criterion: str = "global_magnitude"
+    structure: str = UNSTRUCTURED
+    speed: SpeedSpec = field(default_factory=SpeedSpec)
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
 
     def base(self) -> dict[str, Any]:
         """The settings every trial of this sweep shares."""
         return dict(dataset=self.dataset, model=self.model, pretrain=self.pretrain,
-                    finetune=self.finetune, budget=self.budget, criterion=self.criterion)
+                    finetune=self.finetune, budget=self.budget, criterion=self.criterion,
+                    structure=self.structure)
 
     def dense_trials(self) -> list[TrialSpec]:
         return [TrialSpec(**self.base(), schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
@@ -393,7 +422,7 @@ def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], targe
 
 _TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities",
              "seeds", "strategies", "resources", "max_failures", "storage_path", "cache_dir",
-             "search", "criterion", "smoke_test")
+             "search", "criterion", "structure", "speed", "smoke_test")
 
 
 def load_spec(path: str | Path, smoke_test: bool = False) -> SweepSpec:
@@ -444,13 +473,16 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     targets = _targets(raw.get("target_sparsities"))
     seeds = _seeds(raw.get("seeds", [0]))
     search = _search(_section(raw, "search"))
-    from tune_prune.pruning.criteria import CRITERIA
-
-    criterion = raw.get("criterion", "global_magnitude")
-    if criterion not in CRITERIA:
-        raise SpecError("criterion", f"unknown criterion {criterion!r}; accepted: {', '.join(sorted(CRITERIA))}")
+    structure = raw.get("structure", UNSTRUCTURED)
+    if structure not in STRUCTURES:
+        raise SpecError("structure", f"unknown structure {structure!r}; accepted: {', '.join(STRUCTURES)}")
+    criterion = _criterion(raw.get("criterion", DEFAULT_CRITERION[structure]))
     strategies = _strategies(raw.get("strategies"), adaptive=search.mode == "adaptive")
     resources = _dataclass(ResourcesSpec, _section(raw, "resources"), "resources")
+    speed = _dataclass(SpeedSpec, _section(raw, "speed"), "speed")
+    if speed.repeats < 1 or speed.batch_size < 1:
+        bad = "speed.repeats" if speed.repeats < 1 else "speed.batch_size"
+        raise SpecError(bad, f"must be >= 1, got {getattr(speed, bad.split('.')[1])}")
     if resources.cpu <= 0:
         raise SpecError("resources.cpu", f"must be > 0, got {resources.cpu}")
     if resources.gpu < 0:
@@ -460,7 +492,7 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
         name=name, dataset=dataset, model=model, pretrain=pretrain, finetune=finetune,
         budget=budget, target_sparsities=targets, seeds=seeds, strategies=strategies,
         resources=resources, max_failures=max_failures, sweep_budget=sweep_budget, search=search,
-        criterion=criterion,
+        criterion=criterion, structure=structure, speed=speed,
         storage_path=str(raw.get("storage_path", "tune_prune_runs")),
         cache_dir=str(raw.get("cache_dir", ".tune_prune_cache")),
         resolved=_frozen(raw),
@@ -468,6 +500,15 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     _check_budget_fits(spec.corner_trials())
     _check_sweep_budget(spec)
     return spec
+
+
+def _criterion(name: Any) -> str:
+    from tune_prune.pruning.criteria import CRITERIA
+
+    accepted = sorted(CRITERIA)  # the same names score weights (unstructured) or channels (structured)
+    if name not in accepted:
+        raise SpecError("criterion", f"unknown criterion {name!r}; accepted: {', '.join(accepted)}")
+    return name
 
 
 def _no_unknown(d: Mapping[str, Any], accepted: Iterable[str], where: str) -> None:
@@ -519,7 +560,11 @@ def _dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
             continue
         v = values[f.name]
         fname = f"{where}.{f.name}"
-        if f.type in ("int", int):
+        if f.type in ("bool", bool):
+            if not isinstance(v, bool):
+                raise SpecError(fname, f"must be true or false, got {v!r}")
+            out[f.name] = v
+        elif f.type in ("int", int):
             out[f.name] = _int(v, fname, minimum=1 if f.name in ("epochs", "batch_size") else 0)
         elif f.type in ("float", float):
             out[f.name] = _number(v, fname)

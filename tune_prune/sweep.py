@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,6 +55,13 @@ def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu
             "accelerator_seconds": result.wall_seconds * share}
 
 
+def _removed(result: dict[str, Any]) -> str:
+    """Structured trials: what the channel ratio removed, measured."""
+    if "mac_sparsity" not in result:
+        return ""
+    return f" (params -{result.get('param_sparsity', 0) * 100:.1f}%, MACs -{result['mac_sparsity'] * 100:.1f}%)"
+
+
 def _progress_callback(total: int):
     from ray import tune
 
@@ -78,14 +85,14 @@ def _progress_callback(total: int):
             # Progress output must never fail a sweep: read defensively.
             if result.get("n_events") and "event" in result:
                 self._say(f"{trial.custom_trial_name} event {int(result['event'])}/{int(result['n_events'])}"
-                          f" sparsity {result.get('sparsity', float('nan')):.4f}"
+                          f" sparsity {result.get('sparsity', float('nan')):.4f}{_removed(result)}"
                           f" val {result.get('val_accuracy', float('nan')):.4f}"
                           f" cost {int(result.get('cost_epochs', 0))} epochs")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             last = trial.last_result or {}
-            self._say(f"done {trial.custom_trial_name}: sparsity {last.get('sparsity', 0):.4f}"
+            self._say(f"done {trial.custom_trial_name}: sparsity {last.get('sparsity', 0):.4f}{_removed(last)}"
                       f" test {last.get('test_accuracy', float('nan')):.4f}"
                       f" cost {int(last.get('cost_epochs', 0))} epochs")
 
@@ -374,6 +381,7 @@ def run_sweep(
             "cache_dir": cache_dir,
             "cpu_per_trial": res.cpu,
             "gpu_per_trial": res.gpu,
+            "speed": asdict(spec.speed),
         }
         progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
         fit = _Fitter(spec, ctx, storage_path, progress)

@@ -38,7 +38,15 @@ PARENT_TAG = "mlflow.parentRunId"
 #: Child-run statuses whose events are frontier points: finished trials, and trials a
 #: scheduler stopped early (their completed events are real models at real costs).
 USABLE_STATUSES = ("FINISHED", "KILLED")
-EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds")
+#: artifact of every finished pruned trial: torch.save of the whole final nn.Module
+#: (load with torch.load(path, weights_only=False); tune_prune must be importable)
+FINAL_MODEL = "final_model.pt"
+
+EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
+                 "param_sparsity", "mac_sparsity")
+#: measured once per trial, on its final model (tune_prune.speed); NaN where not measured
+SPEED_METRICS = ("latency_ms", "dense_latency_ms", "latency_speedup", "throughput", "dense_throughput",
+                 "throughput_speedup", "csr_latency_speedup", "csr_throughput_speedup")
 MAX_PARAM_CHARS = 6000
 
 
@@ -118,6 +126,7 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "model": trial.model.name,
         "dataset": trial.dataset.name,
         "criterion": trial.criterion,
+        "structure": trial.structure,
         "trial_key": trial.key,
         "config_key": trial.config_key,
         "dense_key": trial.dense_key,
@@ -319,6 +328,20 @@ class TrialTracker:
                   "total_accelerator_seconds": record.wall_seconds * self.share}
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in totals.items()])
 
+    def log_final_model(self, model: Any, speed: dict[str, float] | None) -> None:
+        """The final model, whole (structured ones are a different architecture), and its measured speed."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / FINAL_MODEL
+            torch.save(model.to("cpu"), path)
+            self.client.log_artifact(self.run_id, str(path))
+        if speed:
+            ts = _now_ms()
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in speed.items()])
+
     def finish(self, status: str = "FINISHED", error: str | None = None, note: str | None = None) -> None:
         if self.run_id is None:
             return
@@ -368,7 +391,8 @@ def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str) -> p
     """One row per (trial, prune event) from the child runs' metric histories.
 
     Columns: run_id, status, trial_name, trial_key, strategy, config_key, config, target_sparsity,
-    seed, event, sparsity, val_accuracy, test_accuracy, cost_epochs, wall_seconds.
+    seed, event, then EVENT_METRICS per event and SPEED_METRICS (the run's final-model
+    timings, repeated on each of its rows; NaN where not measured).
     """
     client = _client(tracking_uri)
     rows = []
@@ -391,9 +415,11 @@ def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str) -> p
                 "seed": int(params.get("seed", -1)),
                 "event": step,
                 **{k: values.get(k, float("nan")) for k in EVENT_METRICS},
+                **{k: run.data.metrics.get(k, float("nan")) for k in SPEED_METRICS},
             })
     return pd.DataFrame(rows, columns=["run_id", "status", "trial_name", "trial_key", "strategy", "config_key",
-                                       "config", "target_sparsity", "seed", "event", *EVENT_METRICS])
+                                       "config", "target_sparsity", "seed", "event", *EVENT_METRICS,
+                                       *SPEED_METRICS])
 
 
 def log_artifacts(tracking_uri: str, run_id: str, files: list[Path]) -> None:

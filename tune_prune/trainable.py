@@ -24,7 +24,8 @@ from tune_prune import dense as dense_cache
 from tune_prune.dense import atomic_write
 from tune_prune.data import load_dataset
 from tune_prune.loop import Hooks, LoopState, evaluate, new_model, pick_device, run_trial
-from tune_prune.spec import TrialSpec, make_trial
+from tune_prune.speed import speedup_metrics
+from tune_prune.spec import STRUCTURED, TrialSpec, make_trial
 from tune_prune.tracking import TrialTracker
 
 STATE_FILE = "state.pt"
@@ -85,7 +86,7 @@ def trial_from_config(config: dict[str, Any]) -> TrialSpec:
         return TrialSpec.from_dict(config["trial"])
     base = TrialSpec.from_dict(config["base"])
     shared = dict(dataset=base.dataset, model=base.model, pretrain=base.pretrain, finetune=base.finetune,
-                  budget=base.budget, criterion=base.criterion)
+                  budget=base.budget, criterion=base.criterion, structure=base.structure)
     b = config["bracket"]
     return make_trial(shared, b["schedule"], dict(config["point"]), b["target"], b["seed"])
 
@@ -149,11 +150,21 @@ def train_trial(config: dict[str, Any]) -> None:
             if record.event > logged_through:
                 tracker.log_epoch(record)
 
+        def on_final(model) -> None:
+            speed_cfg = ctx.get("speed", {"enabled": True})
+            speed = None
+            if speed_cfg.get("enabled", True):
+                dense = new_model(trial, data, trial.seed).to(device)
+                dense.load_state_dict(dense_state)
+                opts = {k: speed_cfg[k] for k in ("batch_size", "warmup", "repeats") if k in speed_cfg}
+                speed = speedup_metrics(dense, model, data.in_shape, device, trial.structure == STRUCTURED, **opts)
+            tracker.log_final_model(model, speed)
+
         resume = _resume_state(own)
         if resume is not None:
             # A retry after a crash or a lost node: say so on the run, which is the same one.
             tracker.note_resume(resume.next_event)
-        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event), resume=resume)
+        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event, on_final=on_final), resume=resume)
     except SystemExit:
         # Tune stops a function trainable by raising SystemExit from tune.report: a
         # scheduler (ASHA) decision, not a failure. The events logged so far stand.

@@ -6,7 +6,9 @@ before each prune event (``gradient_statistics`` in ``tune_prune.loop``):
 ``grad_mean`` is the mean gradient over the batches and ``grad_sq_mean`` the mean
 of squared per-batch gradients.
 
-- ``global_magnitude``: |w|.
+- ``global_magnitude``: |w| (L1).
+- ``l2_magnitude``: w^2. Per weight it ranks exactly like |w|; the two differ in
+  structured mode, where a channel's score is the L1 or L2 norm of its weights.
 - ``taylor``: |w * g|, the first-order Taylor estimate of the loss change when w is
   set to zero (Molchanov et al.'s criterion, per weight).
 - ``hessian_diag``: 0.5 * w^2 * E[g^2], the Optimal-Brain-Damage saliency with the
@@ -33,6 +35,10 @@ def _magnitude(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | None)
     return w.detach().abs()
 
 
+def _l2_magnitude(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | None) -> torch.Tensor:
+    return w.detach().pow(2)
+
+
 def _taylor(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | None) -> torch.Tensor:
     return (w.detach() * g).abs()
 
@@ -43,6 +49,7 @@ def _hessian_diag(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | No
 
 CRITERIA: dict[str, Criterion] = {
     "global_magnitude": Criterion("global_magnitude", False, _magnitude),
+    "l2_magnitude": Criterion("l2_magnitude", False, _l2_magnitude),
     "taylor": Criterion("taylor", True, _taylor),
     "hessian_diag": Criterion("hessian_diag", True, _hessian_diag),
 }

@@ -1,0 +1,227 @@
+"""Structured (channel) pruning: physically smaller models, not masks.
+
+Torch-Pruning's dependency graph (DepGraph) finds, for every Conv2d/Linear
+output channel, everything that must go with it: the BatchNorm channel after
+it, the input channel of the next layer, and the channels of every layer tied
+to it through a residual addition (those form one group and are cut together,
+with the same indices). We use the library for that graph and for the surgery,
+and keep the schedule arithmetic here:
+
+- Layer-wise: a prune event to ratio ``s`` leaves every group with
+  ``max(1, round((1 - s) * n0))`` channels, ``n0`` being the group's ORIGINAL
+  width (so ``s`` is cumulative over original channels, like unstructured
+  sparsities are over original weights). The classifier's outputs are kept.
+- Channel importance is the group's mean over its layers of a per-channel
+  score: L2 (``l2_magnitude``) or L1 (``global_magnitude``) norm of the
+  channel's weights, or the summed first-order Taylor (|w g|) or
+  Hessian-diagonal (0.5 w^2 E[g^2]) saliency of its weights, from the same
+  training-set gradient statistics the unstructured criteria use.
+- What was reached is measured on the model: the fraction of prunable
+  parameters and of multiply-accumulates removed, next to the nominal ratio.
+
+A pruned model is rebuilt from its state dict by ``resize_to_state``: build the
+dense architecture, then shrink every layer to the saved shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from tune_prune.pruning.masks import PRUNABLE_TYPES, prunable_parameters
+
+# importance callables per criterion; normalizer=None: groups are cut one by one
+# (layer-wise), so scores are only ever compared within a group.
+_MAGNITUDE = {
+    "l2_magnitude": lambda: tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None),
+    "global_magnitude": lambda: tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None),
+}
+# Gradient criteria go through Torch-Pruning's Taylor importance, which sums
+# |w * p.grad| per channel: with p.grad = mean gradient that is the Taylor
+# criterion, and with p.grad = 0.5 * w * E[g^2] it is exactly 0.5 w^2 E[g^2].
+_GRADIENT = ("taylor", "hessian_diag")
+STRUCTURED_CRITERIA = tuple(sorted((*_MAGNITUDE, *_GRADIENT)))
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The last Linear layer in module order: the classifier, whose outputs are never pruned."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("structured pruning needs a model that ends in an nn.Linear classifier")
+    return linears[-1]
+
+
+def prunable_count(model: nn.Module) -> int:
+    """Weights and biases of every Conv2d and Linear (what unstructured sparsity counts too)."""
+    return sum(p.numel() for p in prunable_parameters(model).values())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of the Conv2d and Linear layers in one forward pass on ``example``.
+
+    Conv: output elements x (in_channels / groups) x kernel area; Linear: output
+    elements x in_features. Bias adds, BatchNorm, activations and pooling are not
+    counted: they are a rounding error next to the weight layers.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += out.numel() * (module.in_channels // module.groups) * k
+        else:
+            total += out.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    was_training = model.training
+    try:
+        model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total // example.shape[0]
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+class ChannelPruner:
+    """Prunes whole channels of ``model`` in place along a cumulative schedule.
+
+    ``state`` (from ``state_dict``) restores a pruner for a model that was already
+    pruned and rebuilt with ``resize_to_state``: it carries the original widths
+    and the dense parameter and MAC counts the ratios refer to.
+    """
+
+    structured = True
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, state: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.example = example
+        self.classifier = classifier_of(model)
+        if state is None:
+            state = {"original_widths": _widths(model), "dense_params": prunable_count(model),
+                     "dense_macs": count_macs(model, example), "ratio": 0.0}
+        self.original_widths: dict[str, int] = dict(state["original_widths"])
+        self.dense_params = int(state["dense_params"])
+        self.dense_macs = int(state["dense_macs"])
+        self.ratio = float(state["ratio"])
+
+    # ---- the MaskSet-like surface the training loop uses ---------------------
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """Every parameter: Taylor and Hessian scores also use BatchNorm's gradients."""
+        return dict(self.model.named_parameters())
+
+    def apply_(self) -> None:
+        """Nothing to re-apply: removed channels no longer exist."""
+
+    def measured_sparsity(self) -> float:
+        """The nominal channel ratio reached (the frontier's axis); see ``reached`` for measured ratios."""
+        return self.ratio
+
+    def reached(self) -> dict[str, float]:
+        """Measured fractions removed: prunable parameters, MACs, and channels of the pruned layers."""
+        widths = _widths(self.model)
+        clf = self._name_of(self.classifier)
+        now = sum(w for n, w in widths.items() if n != clf)
+        before = sum(w for n, w in self.original_widths.items() if n != clf)
+        return {
+            "param_sparsity": 1.0 - prunable_count(self.model) / self.dense_params,
+            "mac_sparsity": 1.0 - count_macs(self.model, self.example) / self.dense_macs,
+            "channel_sparsity": 1.0 - now / before,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"original_widths": dict(self.original_widths), "dense_params": self.dense_params,
+                "dense_macs": self.dense_macs, "ratio": self.ratio}
+
+    # ---- pruning --------------------------------------------------------------
+    def _name_of(self, module: nn.Module) -> str:
+        for name, m in self.model.named_modules():
+            if m is module:
+                return name
+        raise KeyError("module not in model")
+
+    @torch.no_grad()
+    def prune_to(self, ratio: float, criterion: str = "l2_magnitude",
+                 grad_mean: dict[str, torch.Tensor] | None = None,
+                 grad_sq_mean: dict[str, torch.Tensor] | None = None) -> int:
+        """Cut every group down to round((1 - ratio) * original width) channels; return channels removed.
+
+        Scores are computed for all groups first, then the cuts are made, so the
+        result does not depend on the order groups are visited in.
+        """
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        if criterion not in STRUCTURED_CRITERIA:
+            raise ValueError(f"unknown criterion '{criterion}'; accepted: {', '.join(STRUCTURED_CRITERIA)}")
+        if criterion in _GRADIENT and (grad_mean is None or grad_sq_mean is None):
+            raise ValueError(f"criterion '{criterion}' needs gradient statistics")
+        names = {m: n for n, m in self.model.named_modules()}
+        was_training = self.model.training
+        self.model.eval()  # tracing runs a forward pass: keep BatchNorm's running statistics as they are
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example)
+        if criterion in _GRADIENT:
+            importance = tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
+            for name, p in self.model.named_parameters():
+                p.grad = grad_mean[name].clone() if criterion == "taylor" else 0.5 * p.detach() * grad_sq_mean[name]
+        else:
+            importance = _MAGNITUDE[criterion]()
+
+        cuts = []
+        for group in graph.get_all_groups(ignored_layers=[self.classifier], root_module_types=PRUNABLE_TYPES):
+            root, handler = group[0].dep.target.module, group[0].dep.handler
+            width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+            keep = max(1, round((1.0 - ratio) * self.original_widths[names[root]]))
+            if width <= keep:
+                continue
+            scores = importance(group)
+            drop = torch.sort(scores.float().cpu(), stable=True).indices[: width - keep].tolist()
+            cuts.append((root, handler, sorted(drop)))
+        removed = 0
+        for root, handler, drop in cuts:
+            graph.get_pruning_group(root, handler, drop).prune()
+            removed += len(drop)
+        if criterion in _GRADIENT:
+            self.model.zero_grad(set_to_none=True)
+        self.model.train(was_training)
+        self.ratio = max(self.ratio, ratio)
+        return removed
+
+
+def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink ``model``'s Conv2d, Linear and BatchNorm2d layers to the shapes in ``state``, in place.
+
+    The tensors are left uninitialised; load ``state`` next. Only these layer
+    types may differ (our models hold parameters in nothing else).
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if not isinstance(module, (*PRUNABLE_TYPES, nn.BatchNorm2d)):
+            continue
+        for attr, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            saved = state.get(prefix + attr)
+            if saved is None or saved.shape == tensor.shape:
+                continue
+            fresh = torch.empty(saved.shape, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, attr, nn.Parameter(fresh, requires_grad=tensor.requires_grad))
+            else:
+                setattr(module, attr, fresh)
+        if isinstance(module, nn.Conv2d):
+            module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        else:
+            module.num_features = module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+    return model
