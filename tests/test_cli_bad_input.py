@@ -29,6 +29,10 @@ CASES = {
     "sparsity negative": (("target_sparsities", [-0.1]), "target_sparsities[0]:"),
     "budget zero": (("budget", {"epochs": 0}), "budget.epochs:"),
     "negative patience": (("strategies", {"one_shot": {"patience": -3}}), "strategies.one_shot.patience:"),
+    "unknown structure": (("structure", "blocks"), "structure:"),
+    "gpu fraction above one": (("resources", {"cpu": 1, "gpu": 1.5}), "resources.gpu:"),
+    "unknown amp": (("execution", {"amp": "fp8"}), "execution.amp:"),
+    "zero timing repeats": (("speed", {"repeats": 0}), "speed.repeats:"),
     "fixed schedule over budget": (
         ("strategies", {"constant": {"step": 0.1, "patience": None, "epochs_per_event": 5}}),
         "strategies.constant.epochs_per_event:",

@@ -25,3 +25,30 @@ def test_fashion_mnist_lenet_smoke_sweep(tmp_path, monkeypatch):
     assert outcome.failed == []
     assert outcome.dense["test_accuracy_mean"] > 0.7  # ten classes; LeNet reaches ~0.8 in 3 epochs on 5k
     assert set(outcome.frontier["strategy"]) == {"one_shot", "constant", "geometric", "hybrid"}
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
+                    and not os.environ.get("TUNE_PRUNE_DATA"),
+                    reason="Fashion-MNIST not available offline (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_structured_smoke_sweep(tmp_path, monkeypatch):
+    from tune_prune.sweep import run_sweep
+    from tune_prune.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(SPECS / "fashion_mnist_structured.yaml", smoke_test=True)
+    outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(None), smoke_test=True)
+    assert outcome.failed == []
+    front = outcome.frontier
+    assert (front["param_sparsity_mean"] > front["sparsity_level"]).all()  # channels cut params ~quadratically
+    assert front["latency_speedup_mean"].notna().all()
+
+
+def test_throughput_benchmark_prints_its_side_by_side_table():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "trial_throughput.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke-test"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("bare loop (mean of before/after)", "inside a tune_prune trial", "1 trial(s) packed", "2 trial(s) packed"):
+        assert row in proc.stdout

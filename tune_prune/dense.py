@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from tune_prune.data import DataBundle
-from tune_prune.loop import Evaluation, PretrainResult, pretrain_dense
+from tune_prune.loop import FP32, Evaluation, FastPath, PretrainResult, pretrain_dense
 from tune_prune.spec import TrialSpec
 
 
@@ -54,12 +54,13 @@ def ensure(
     cache_dir: str | Path,
     device: torch.device,
     progress: Callable[[int, Evaluation], None] | None = None,
+    fast: FastPath = FP32,
 ) -> tuple[dict[str, torch.Tensor], PretrainResult, bool]:
     """Load the dense model for ``trial`` or train and cache it; the bool says it was trained now."""
     found = load(cache_dir, trial.dense_key)
     if found is not None:
         return found[0], found[1], False
-    state, result = pretrain_dense(trial, data, device, progress)
+    state, result = pretrain_dense(trial, data, device, progress, fast=fast)
     weights, meta = paths(cache_dir, trial.dense_key)
     atomic_write(weights, lambda tmp: torch.save(state, tmp))
     record = {

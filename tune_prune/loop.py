@@ -103,6 +103,57 @@ class PretrainResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+AMP_CHOICES = ("auto", "bf16", "fp32")
+CHANNELS_LAST_CHOICES = ("auto", True, False)
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Execution choices that change speed, not the experiment: bf16 autocast and channels_last.
+
+    ``auto`` turns each on where it helps: bf16 autocast on a CUDA device that
+    supports bf16 (tensor cores; master weights and the optimizer stay fp32), and
+    channels_last for models with convolutions on CUDA (cuDNN's fast NHWC
+    kernels). On CPU ``auto`` leaves both off: bf16 is slower there on most
+    chips without AMX, and NHWC buys nothing for our models.
+    """
+
+    amp: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def resolve(cls, amp: str, channels_last: str | bool, device: torch.device, model: nn.Module) -> "FastPath":
+        if amp not in AMP_CHOICES:
+            raise ValueError(f"execution.amp: unknown value {amp!r}; accepted: {', '.join(AMP_CHOICES)}")
+        if channels_last not in CHANNELS_LAST_CHOICES:
+            raise ValueError(f"execution.channels_last: must be auto, true or false, got {channels_last!r}")
+        cuda = device.type == "cuda"
+        use_amp = amp == "bf16" or (amp == "auto" and cuda and torch.cuda.is_bf16_supported())
+        has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        use_cl = channels_last is True or (channels_last == "auto" and cuda and has_conv)
+        return cls(amp=use_amp, channels_last=use_cl)
+
+    def model(self, model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+
+FP32 = FastPath()
+
+
+def fast_path_for(trial: TrialSpec, data: DataBundle, device: torch.device,
+                  execution: dict[str, Any] | None) -> FastPath:
+    """Resolve a spec's ``execution`` section for ``trial``'s model on ``device``."""
+    execution = execution or {}
+    probe = build_model(trial.model.name, data.in_shape, data.num_classes, **trial.model.kwargs())  # conv or not
+    return FastPath.resolve(execution.get("amp", "auto"), execution.get("channels_last", "auto"), device, probe)
+
+
 def pick_device(gpu_share: float) -> torch.device:
     """CUDA when the trial was given GPU resources and one is visible, else CPU."""
     if gpu_share > 0 and torch.cuda.is_available():
@@ -111,17 +162,21 @@ def pick_device(gpu_share: float) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int = 1024) -> Evaluation:
+def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int = 1024,
+             fast: FastPath = FP32) -> Evaluation:
     """Accuracy and mean cross-entropy of ``model`` on ``split`` ('val' or 'test')."""
     x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=y.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
     for i in range(0, len(y), batch_size):
-        logits = model(data.prepare(x[i : i + batch_size], train=False))
+        with fast.autocast(y.device):
+            logits = model(fast.batch(data.prepare(x[i : i + batch_size], train=False)))
         yb = y[i : i + batch_size]
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(1) == yb).sum().item())
-    return Evaluation(accuracy=correct / len(y), loss=loss_sum / len(y))
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    # one device sync per evaluation, not two per batch
+    return Evaluation(accuracy=int(correct) / len(y), loss=float(loss_sum) / len(y))
 
 
 def train_epoch(
@@ -130,7 +185,8 @@ def train_epoch(
     data: DataBundle,
     batch_size: int,
     generator: torch.Generator,
-    masks: MaskSet | None = None,
+    masks: MaskSet | ChannelPruner | None = None,
+    fast: FastPath = FP32,
 ) -> float:
     """One pass over the training split in a seeded random order; returns mean loss."""
     model.train()
@@ -139,10 +195,11 @@ def train_epoch(
     total, seen = 0.0, 0
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
-        xb = data.prepare(data.x_train[idx], train=True, generator=generator)
+        xb = fast.batch(data.prepare(data.x_train[idx], train=True, generator=generator))
         yb = data.y_train[idx]
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xb), yb)
+        with fast.autocast(xb.device):
+            loss = F.cross_entropy(model(xb).float(), yb)
         loss.backward()
         optimizer.step()
         if masks is not None:
@@ -210,22 +267,23 @@ def pretrain_dense(
     data: DataBundle,
     device: torch.device,
     progress: Callable[[int, Evaluation], None] | None = None,
+    fast: FastPath = FP32,
 ) -> tuple[dict[str, torch.Tensor], PretrainResult]:
     """Train the dense model for ``trial.pretrain``; keep the best epoch by val accuracy.
 
     SGD with momentum and a cosine learning-rate decay over the pretraining epochs.
     """
     cfg: PretrainSpec = trial.pretrain
-    model = new_model(trial, data, trial.seed).to(device)
+    model = fast.model(new_model(trial, data, trial.seed).to(device))
     opt = _sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     start = time.perf_counter()
     tracker = Patience(patience=cfg.epochs)
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
-        train_epoch(model, opt, data, cfg.batch_size, _generator(device, trial.seed, -1, epoch))
+        train_epoch(model, opt, data, cfg.batch_size, _generator(device, trial.seed, -1, epoch), fast=fast)
         sched.step()
-        ev = evaluate(model, data, "val")
+        ev = evaluate(model, data, "val", fast=fast)
         if tracker.update(ev.accuracy, epoch):
             best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
@@ -234,11 +292,12 @@ def pretrain_dense(
     result = PretrainResult(
         epochs=cfg.epochs,
         wall_seconds=time.perf_counter() - start,
-        val_accuracy=evaluate(model, data, "val").accuracy,
-        test_accuracy=evaluate(model, data, "test").accuracy,
+        val_accuracy=evaluate(model, data, "val", fast=fast).accuracy,
+        test_accuracy=evaluate(model, data, "test", fast=fast).accuracy,
         best_epoch=tracker.best_epoch,
     )
-    return {k: v.detach().cpu() for k, v in best_state.items()}, result
+    # contiguous: the cache holds one layout whatever the device preferred
+    return {k: v.detach().cpu().contiguous() for k, v in best_state.items()}, result
 
 
 def run_trial(
@@ -248,6 +307,7 @@ def run_trial(
     device: torch.device,
     hooks: Hooks | None = None,
     resume: LoopState | None = None,
+    fast: FastPath = FP32,
 ) -> list[EventRecord]:
     """Prune ``trial``'s dense model along its schedule, fine-tuning after every event.
 
@@ -265,14 +325,16 @@ def run_trial(
 
     model = new_model(trial, data, trial.seed).to(device)
     model.load_state_dict(dense_state)
-    masks = _pruner(trial, model, data, device)
-    start_event, cost, wall = 0, 0, 0.0
+    start_event, cost, wall, pruner_state = 0, 0, 0.0, None
     if resume is not None:
-        if isinstance(masks, ChannelPruner):
+        if trial.structure == STRUCTURED:
             resize_to_state(model, resume.model_state)
         model.load_state_dict(resume.model_state)
-        masks = _pruner(trial, model, data, device, resume.mask_state)
         start_event, cost, wall = resume.next_event, resume.cost_epochs, resume.wall_seconds
+        pruner_state = resume.mask_state
+    # layout first: a layout change swaps parameter storage, and masks keep references to it
+    fast.model(model)
+    masks = _pruner(trial, model, data, device, pruner_state)
 
     records = []
     for i in range(start_event, n_events):
@@ -283,6 +345,7 @@ def run_trial(
             g, g2 = gradient_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -2, i))
         if isinstance(masks, ChannelPruner):
             masks.prune_to(schedule[i], trial.criterion, g, g2)
+            fast.model(model)  # the surgery builds new, contiguous parameters
         else:
             masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2))
         cap = policy(trial.budget.epochs, cost, i, n_events)
@@ -293,7 +356,7 @@ def run_trial(
             epochs = cap if trial.epochs_per_event is None else min(cap, trial.epochs_per_event)
             patience = trial.first_patience if (i == 0 and trial.first_patience is not None) else trial.patience
 
-        pruned_eval = evaluate(model, data, "val")
+        pruned_eval = evaluate(model, data, "val", fast=fast)
         tracker = Patience(patience=patience if patience is not None else epochs, min_delta=ft.min_delta)
         tracker.update(pruned_eval.accuracy, 0)
         best_state = copy.deepcopy(model.state_dict())
@@ -301,10 +364,10 @@ def run_trial(
         opt = _sgd(model, ft.lr, ft.momentum, ft.weight_decay)
         ran = 0
         for e in range(1, epochs + 1):
-            loss = train_epoch(model, opt, data, ft.batch_size, _generator(device, trial.seed, cost + 1), masks)
+            loss = train_epoch(model, opt, data, ft.batch_size, _generator(device, trial.seed, cost + 1), masks, fast)
             cost += 1
             ran += 1
-            ev = evaluate(model, data, "val")
+            ev = evaluate(model, data, "val", fast=fast)
             hooks.on_epoch(EpochRecord(i + 1, e, cost, loss, ev.accuracy, ev.loss))
             if tracker.update(ev.accuracy, e):
                 best_state = copy.deepcopy(model.state_dict())
@@ -312,7 +375,7 @@ def run_trial(
             if patience is not None and tracker.should_stop:
                 break
         model.load_state_dict(best_state)
-        test_eval = evaluate(model, data, "test")
+        test_eval = evaluate(model, data, "test", fast=fast)
         wall += time.perf_counter() - t0
         record = EventRecord(
             event=i + 1,

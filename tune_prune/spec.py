@@ -160,6 +160,18 @@ class SpeedSpec:
 
 
 @dataclass(frozen=True)
+class ExecutionSpec:
+    """Speed choices, resolved per device at run time (see tune_prune.loop.FastPath); not in trial keys.
+
+    amp: auto | bf16 | fp32. channels_last: auto | true | false. ``auto`` means on
+    where it helps: bf16 autocast and channels_last (conv models) on CUDA, off on CPU.
+    """
+
+    amp: str = "auto"
+    channels_last: Any = "auto"
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
     cpu: float = 1.0
     gpu: float = 0.0
@@ -342,6 +354,7 @@ class SweepSpec:
     criterion: str = "global_magnitude"
     structure: str = UNSTRUCTURED
     speed: SpeedSpec = field(default_factory=SpeedSpec)
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
 
     def base(self) -> dict[str, Any]:
@@ -422,7 +435,7 @@ def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], targe
 
 _TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities",
              "seeds", "strategies", "resources", "max_failures", "storage_path", "cache_dir",
-             "search", "criterion", "structure", "speed", "smoke_test")
+             "search", "criterion", "structure", "speed", "execution", "smoke_test")
 
 
 def load_spec(path: str | Path, smoke_test: bool = False) -> SweepSpec:
@@ -487,12 +500,16 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
         raise SpecError("resources.cpu", f"must be > 0, got {resources.cpu}")
     if resources.gpu < 0:
         raise SpecError("resources.gpu", f"must be >= 0 (fractions share a GPU), got {resources.gpu}")
+    if resources.gpu > 1 and resources.gpu != int(resources.gpu):
+        raise SpecError("resources.gpu", f"must be a fraction <= 1 (0.25 packs 4 trials on a GPU) or a whole "
+                        f"number of GPUs, got {resources.gpu}")
+    execution = _execution(_section(raw, "execution"))
     max_failures = _int(raw.get("max_failures", 0), "max_failures", minimum=-1)
     spec = SweepSpec(
         name=name, dataset=dataset, model=model, pretrain=pretrain, finetune=finetune,
         budget=budget, target_sparsities=targets, seeds=seeds, strategies=strategies,
         resources=resources, max_failures=max_failures, sweep_budget=sweep_budget, search=search,
-        criterion=criterion, structure=structure, speed=speed,
+        criterion=criterion, structure=structure, speed=speed, execution=execution,
         storage_path=str(raw.get("storage_path", "tune_prune_runs")),
         cache_dir=str(raw.get("cache_dir", ".tune_prune_cache")),
         resolved=_frozen(raw),
@@ -500,6 +517,17 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     _check_budget_fits(spec.corner_trials())
     _check_sweep_budget(spec)
     return spec
+
+
+def _execution(d: dict[str, Any]) -> ExecutionSpec:
+    _no_unknown(d, ("amp", "channels_last"), "execution")
+    amp = d.get("amp", "auto")
+    if amp not in ("auto", "bf16", "fp32"):
+        raise SpecError("execution.amp", f"unknown value {amp!r}; accepted: auto, bf16, fp32")
+    cl = d.get("channels_last", "auto")
+    if cl not in ("auto", True, False) or (cl in (0, 1) and not isinstance(cl, bool)):
+        raise SpecError("execution.channels_last", f"must be auto, true or false, got {cl!r}")
+    return ExecutionSpec(amp=amp, channels_last=cl)
 
 
 def _criterion(name: Any) -> str:

@@ -37,19 +37,21 @@ def _say(out: TextIO | None, msg: str) -> None:
     print(msg, file=out if out is not None else sys.stdout, flush=True)
 
 
-def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu: float) -> dict[str, Any]:
+def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu: float,
+                     execution: dict[str, Any] | None = None) -> dict[str, Any]:
     """Body of the Ray task that trains (or finds) one dense model."""
     import torch
 
     from tune_prune import dense as dense_cache
     from tune_prune.data import load_dataset
-    from tune_prune.loop import pick_device
+    from tune_prune.loop import fast_path_for, pick_device
 
     trial = TrialSpec.from_dict(trial_dict)
     torch.set_num_threads(max(1, int(cpu)))
     device = pick_device(gpu)
     data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
-    _, result, trained = dense_cache.ensure(trial, data, cache_dir, device)
+    fast = fast_path_for(trial, data, device, execution)
+    _, result, trained = dense_cache.ensure(trial, data, cache_dir, device, fast=fast)
     share = gpu if device.type == "cuda" else cpu
     return {"dense_key": trial.dense_key, "trained": trained, "result": result.__dict__,
             "accelerator_seconds": result.wall_seconds * share}
@@ -364,7 +366,7 @@ def run_sweep(
         task = ray.remote(_pretrain_remote).options(num_cpus=res.cpu, num_gpus=res.gpu)
         _say(out, f"dense models: {len(by_key)} (cache {cache_dir})")
         t0 = time.perf_counter()
-        pre = ray.get([task.remote(t.to_dict(), cache_dir, res.cpu, res.gpu) for t in by_key.values()])
+        pre = ray.get([task.remote(t.to_dict(), cache_dir, res.cpu, res.gpu, asdict(spec.execution)) for t in by_key.values()])
         from tune_prune.loop import PretrainResult
 
         results = {p["dense_key"]: PretrainResult(**p["result"]) for p in pre}
@@ -382,6 +384,7 @@ def run_sweep(
             "cpu_per_trial": res.cpu,
             "gpu_per_trial": res.gpu,
             "speed": asdict(spec.speed),
+            "execution": asdict(spec.execution),
         }
         progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
         fit = _Fitter(spec, ctx, storage_path, progress)

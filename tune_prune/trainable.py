@@ -23,7 +23,7 @@ from ray import tune
 from tune_prune import dense as dense_cache
 from tune_prune.dense import atomic_write
 from tune_prune.data import load_dataset
-from tune_prune.loop import Hooks, LoopState, evaluate, new_model, pick_device, run_trial
+from tune_prune.loop import Hooks, LoopState, evaluate, fast_path_for, new_model, pick_device, run_trial
 from tune_prune.speed import speedup_metrics
 from tune_prune.spec import STRUCTURED, TrialSpec, make_trial
 from tune_prune.tracking import TrialTracker
@@ -118,6 +118,9 @@ def train_trial(config: dict[str, Any]) -> None:
         # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere.
         tracker.set_tag("tune_prune.node_id", ray.get_runtime_context().get_node_id())
         data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
+        fast = fast_path_for(trial, data, device, ctx.get("execution"))
+        tracker.set_tag("tune_prune.amp", "bf16" if fast.amp else "fp32")
+        tracker.set_tag("tune_prune.channels_last", str(fast.channels_last).lower())
         cached = dense_cache.load(ctx["cache_dir"], trial.dense_key)
         if cached is None:
             raise RuntimeError(f"dense model {trial.dense_key} missing from {ctx['cache_dir']}; "
@@ -125,9 +128,9 @@ def train_trial(config: dict[str, Any]) -> None:
         dense_state, pretrain = cached
 
         if trial.is_dense:
-            model = new_model(trial, data, trial.seed).to(device)
+            model = fast.model(new_model(trial, data, trial.seed).to(device))
             model.load_state_dict(dense_state)
-            val, test = evaluate(model, data, "val"), evaluate(model, data, "test")
+            val, test = evaluate(model, data, "val", fast=fast), evaluate(model, data, "test", fast=fast)
             tracker.log_dense(val.accuracy, test.accuracy, pretrain)
             _report({"event": 0, "sparsity": 0.0, "val_accuracy": val.accuracy,
                      "test_accuracy": test.accuracy, "cost_epochs": 0, "n_events": 0})
@@ -154,7 +157,7 @@ def train_trial(config: dict[str, Any]) -> None:
             speed_cfg = ctx.get("speed", {"enabled": True})
             speed = None
             if speed_cfg.get("enabled", True):
-                dense = new_model(trial, data, trial.seed).to(device)
+                dense = fast.model(new_model(trial, data, trial.seed).to(device))  # same layout as the trial's
                 dense.load_state_dict(dense_state)
                 opts = {k: speed_cfg[k] for k in ("batch_size", "warmup", "repeats") if k in speed_cfg}
                 speed = speedup_metrics(dense, model, data.in_shape, device, trial.structure == STRUCTURED, **opts)
@@ -164,7 +167,8 @@ def train_trial(config: dict[str, Any]) -> None:
         if resume is not None:
             # A retry after a crash or a lost node: say so on the run, which is the same one.
             tracker.note_resume(resume.next_event)
-        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event, on_final=on_final), resume=resume)
+        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event, on_final=on_final), resume=resume,
+                  fast=fast)
     except SystemExit:
         # Tune stops a function trainable by raising SystemExit from tune.report: a
         # scheduler (ASHA) decision, not a failure. The events logged so far stand.

@@ -52,7 +52,8 @@ class MaskSet:
         if not self.params:
             raise ValueError("model has no Conv2d or Linear parameters to prune")
         self.masks: dict[str, torch.Tensor] = {
-            name: torch.ones_like(p, memory_format=torch.contiguous_format).detach()
+            # same layout as the parameter (channels_last too), so the fused multiply stays on its fast path
+            name: torch.ones_like(p).detach()
             for name, p in self.params.items()
         }
         self.total = sum(p.numel() for p in self.params.values())
