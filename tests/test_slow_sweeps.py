@@ -12,33 +12,33 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SPECS = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
-                    and not os.environ.get("TUNE_PRUNE_DATA"),
-                    reason="Fashion-MNIST not available offline (apt-get install dataset-fashion-mnist)")
-def test_fashion_mnist_lenet_smoke_sweep(tmp_path, monkeypatch):
+needs_fashion = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("TUNE_PRUNE_DATA"),
+    reason="Fashion-MNIST not available offline (apt-get install dataset-fashion-mnist)")
+
+
+def _smoke_sweep(spec_file: str, tmp_path, monkeypatch):
     from tune_prune.sweep import run_sweep
     from tune_prune.tracking import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(SPECS / "fashion_mnist_lenet.yaml", smoke_test=True)
+    spec = load_spec(SPECS / spec_file, smoke_test=True)
     outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(None), smoke_test=True)
     assert outcome.failed == []
+    return outcome
+
+
+@needs_fashion
+def test_fashion_mnist_lenet_smoke_sweep(tmp_path, monkeypatch):
+    outcome = _smoke_sweep("fashion_mnist_lenet.yaml", tmp_path, monkeypatch)
     assert outcome.dense["test_accuracy_mean"] > 0.7  # ten classes; LeNet reaches ~0.8 in 3 epochs on 5k
     assert set(outcome.frontier["strategy"]) == {"one_shot", "constant", "geometric", "hybrid"}
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
-                    and not os.environ.get("TUNE_PRUNE_DATA"),
-                    reason="Fashion-MNIST not available offline (apt-get install dataset-fashion-mnist)")
+@needs_fashion
 def test_fashion_mnist_structured_smoke_sweep(tmp_path, monkeypatch):
-    from tune_prune.sweep import run_sweep
-    from tune_prune.tracking import resolve_tracking_uri
-
-    monkeypatch.chdir(tmp_path)
-    spec = load_spec(SPECS / "fashion_mnist_structured.yaml", smoke_test=True)
-    outcome = run_sweep(spec, tracking_uri=resolve_tracking_uri(None), smoke_test=True)
-    assert outcome.failed == []
-    front = outcome.frontier
+    front = _smoke_sweep("fashion_mnist_structured.yaml", tmp_path, monkeypatch).frontier
+    assert set(front["strategy"]) == {"one_shot", "constant", "geometric", "hybrid"}
     assert (front["param_sparsity_mean"] > front["sparsity_level"]).all()  # channels cut params ~quadratically
     assert front["latency_speedup_mean"].notna().all()
 

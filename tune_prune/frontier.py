@@ -198,6 +198,11 @@ def dense_baseline(records: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def is_structured(front: pd.DataFrame) -> bool:
+    """Structured sweeps log MAC fractions; their levels are channel ratios, not weight sparsities."""
+    return "mac_sparsity_mean" in front.columns and bool(front["mac_sparsity_mean"].notna().any())
+
+
 def pivot(front: pd.DataFrame) -> pd.DataFrame:
     """Sparsity levels as rows, strategies as columns, 'mean ± std' test accuracy (%) as cells."""
     if front.empty:
@@ -207,6 +212,6 @@ def pivot(front: pd.DataFrame) -> pd.DataFrame:
     )
     table = cells.pivot(index="sparsity_level", columns="strategy", values="cell").fillna("-")
     table.index = [f"{v:g}" for v in table.index]
-    table.index.name = "sparsity"
+    table.index.name = "channel ratio" if is_structured(front) else "sparsity"
     table.columns.name = None
     return table

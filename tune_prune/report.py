@@ -56,7 +56,7 @@ def speed_table(front: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in front.sort_values(["sparsity_level", "strategy"]).itertuples():
         row = {
-            "sparsity": f"{r.sparsity_level:g}",
+            ("channel ratio" if fr.is_structured(front) else "sparsity"): f"{r.sparsity_level:g}",
             "strategy": r.strategy,
             "test acc (%)": f"{r.test_accuracy_mean * 100:.2f}",
             "params removed (%)": _pct(getattr(r, "param_sparsity_mean", float("nan"))),
