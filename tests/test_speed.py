@@ -24,13 +24,35 @@ class Counting(nn.Module):
         return self.inner(x)
 
 
-def test_every_variant_is_warmed_up_then_timed_once_per_round_at_both_batch_sizes():
-    a, b = Counting(nn.Linear(4, 2)), Counting(nn.Linear(4, 2))
-    t = compare({"a": a, "b": b}, (4,), torch.device("cpu"), batch_size=32, warmup=2, repeats=5)
-    for m in (a, b):
-        assert m.batches == [1, 32] * 2 + [1, 32] * 5
+def test_variants_are_warmed_up_then_timed_in_rotating_order_at_both_batch_sizes(monkeypatch):
+    import tune_prune.speed as speed
+
+    order = []
+
+    class Named(Counting):
+        def __init__(self, name):
+            super().__init__(nn.Linear(4, 2))
+            self.name = name
+
+        def forward(self, x):
+            order.append((self.name, x.shape[0]))
+            return super().forward(x)
+
+    monkeypatch.setattr(speed, "MIN_SAMPLE_SECONDS", 0.0)  # one call per sample: countable
+    a, b, c = Named("a"), Named("b"), Named("c")
+    t = compare({"a": a, "b": b, "c": c}, (4,), torch.device("cpu"), batch_size=32, warmup=2, repeats=3)
+    for m in (a, b, c):
+        assert m.batches == [1, 1, 32, 32] + [1, 32] * 3  # warm-up per input, then one sample per round
         assert not m.training
+    timed = [name for name, n in order[12:] if n == 1]
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each round starts one later
     assert t["a"].latency_ms > 0 and t["a"].throughput > 0
+
+
+def test_a_sample_of_a_tiny_model_repeats_calls_to_last_long_enough():
+    m = Counting(nn.Linear(4, 2))
+    compare({"m": m}, (4,), torch.device("cpu"), batch_size=8, warmup=1, repeats=2)
+    assert len(m.batches) > 2 * (1 + 2)  # far more calls than one per sample: a call takes microseconds
 
 
 def test_csr_export_computes_the_same_function_and_converts_only_sparse_linears():

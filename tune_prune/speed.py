@@ -7,9 +7,11 @@ pruned model and (unstructured) the pruned model exported to a sparse format.
 
 Protocol: inference mode, eval mode, random inputs of the model's shape, a few
 warm-up calls per model and input, then ``repeats`` rounds in which every
-variant is timed once per input in turn (interleaving spreads any drift of the
-machine over all variants alike); the median of the rounds is reported. CUDA
-timings synchronise before and after each call.
+variant is timed once per input in turn, starting from a different variant each
+round (interleaving spreads any drift of the machine over all variants alike);
+the median of the rounds is reported. A sample is as many back-to-back calls as
+last at least 2 ms, so tiny models are not timed at the timer's resolution. CUDA
+timings synchronise before and after each sample.
 
 Sparse export: every Linear whose weight is at least ``CSR_MIN_SPARSITY`` zeros
 is stored as a CSR matrix and multiplied with ``torch.sparse.mm``; other layers
@@ -22,6 +24,7 @@ global unstructured ranking does not produce.)
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 import warnings
@@ -70,37 +73,54 @@ def to_csr(model: nn.Module) -> tuple[nn.Module, int]:
     return out, converted
 
 
-def _call_seconds(model: nn.Module, x: torch.Tensor) -> float:
+#: a timed sample lasts at least this long: a single call of a tiny model takes
+#: tens of microseconds, where timer and cache effects would decide the ratio
+MIN_SAMPLE_SECONDS = 2e-3
+
+
+def _sample_seconds(model: nn.Module, x: torch.Tensor, calls: int) -> float:
+    """Mean seconds per call over ``calls`` back-to-back calls."""
     cuda = x.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(x.device)
     start = time.perf_counter()
-    model(x)
+    for _ in range(calls):
+        model(x)
     if cuda:
         torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / calls
 
 
 @torch.inference_mode()
 def compare(models: dict[str, nn.Module], in_shape: tuple[int, ...], device: torch.device,
             batch_size: int = 256, warmup: int = 3, repeats: int = 15, seed: int = 0) -> dict[str, Timing]:
-    """Latency (batch 1) and throughput (``batch_size``) of each model, measured interleaved."""
+    """Latency (batch 1) and throughput (``batch_size``) of each model, measured interleaved.
+
+    Each sample is the mean of enough back-to-back calls to last MIN_SAMPLE_SECONDS
+    (the count is set once per input from the slowest model's warm-up, and used for
+    every model alike). Round r starts with variant r mod len(models), so no variant
+    always runs first (or always follows the same neighbour).
+    """
     gen = torch.Generator().manual_seed(seed)
-    one = torch.randn(1, *in_shape, generator=gen).to(device)
-    big = torch.randn(batch_size, *in_shape, generator=gen).to(device)
-    for m in models.values():
-        m.eval()
-        for _ in range(warmup):
-            m(one)
-            m(big)
-    lat: dict[str, list[float]] = {k: [] for k in models}
-    thr: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            lat[name].append(_call_seconds(m, one))
-            thr[name].append(_call_seconds(m, big))
-    return {k: Timing(latency_ms=statistics.median(lat[k]) * 1e3, throughput=batch_size / statistics.median(thr[k]))
-            for k in models}
+    inputs = {"one": torch.randn(1, *in_shape, generator=gen).to(device),
+              "big": torch.randn(batch_size, *in_shape, generator=gen).to(device)}
+    calls = {}
+    for key, x in inputs.items():
+        slowest = 0.0
+        for m in models.values():
+            m.eval()
+            for _ in range(max(0, warmup - 1)):
+                m(x)
+            slowest = max(slowest, _sample_seconds(m, x, 1))  # the last warm-up call, timed
+        calls[key] = max(1, math.ceil(MIN_SAMPLE_SECONDS / max(slowest, 1e-9)))
+    names = list(models)
+    samples: dict[str, dict[str, list[float]]] = {key: {k: [] for k in names} for key in inputs}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            for key, x in inputs.items():
+                samples[key][name].append(_sample_seconds(models[name], x, calls[key]))
+    return {k: Timing(latency_ms=statistics.median(samples["one"][k]) * 1e3,
+                      throughput=batch_size / statistics.median(samples["big"][k])) for k in names}
 
 
 def speedup_metrics(dense: nn.Module, pruned: nn.Module, in_shape: tuple[int, ...], device: torch.device,
