@@ -108,3 +108,8 @@ def test_speed_belongs_only_to_levels_a_run_was_aimed_at():
     table = speed_table(front)
     assert table["latency speed-up"].tolist() == ["-", "2.00x"]
     assert "MACs removed (%)" not in table.columns  # unstructured: nothing measured there
+    assert "CSR latency speed-up" not in table.columns  # no CSR export was timed
+    # timing off and unstructured: nothing to show beyond the frontier itself
+    untimed = _records().assign(latency_speedup=float("nan"), throughput_speedup=float("nan"),
+                                latency_ms=float("nan"), dense_latency_ms=float("nan"))
+    assert speed_table(fr.frontier(untimed, [0.5, 0.9])).empty

@@ -32,7 +32,9 @@ def format_frontier(front: pd.DataFrame, dense: dict[str, float]) -> str:
         lines.append(table.to_string())
         speed = speed_table(front)
         if not speed.empty:
-            lines.append("final models, measured (speed-up = dense time / pruned time; '-' = level passed on the way):")
+            timed = any("speed-up" in c for c in speed.columns)
+            lines.append("measured on the models" + (" (speed-up = dense time / pruned time of final models; "
+                                                     "'-' = level passed on the way)" if timed else "") + ":")
             lines.append(speed.drop(columns=["test acc (%)"]).to_string(index=False))
     return "\n".join(lines)
 
@@ -71,8 +73,10 @@ def speed_table(front: pd.DataFrame) -> pd.DataFrame:
             row["CSR throughput speed-up"] = _times(r.csr_throughput_speedup_mean)
         rows.append(row)
     table = pd.DataFrame(rows)
-    if (table["MACs removed (%)"] == "-").all():
-        table = table.drop(columns=["MACs removed (%)"])
+    empty = [c for c in table.columns[3:] if (table[c] == "-").all()]  # not measured in this sweep
+    table = table.drop(columns=empty)
+    if list(table.columns[3:]) == ["params removed (%)"] and not fr.is_structured(front):
+        return pd.DataFrame()  # unstructured with timing off: params removed is just the level again
     return table
 
 
