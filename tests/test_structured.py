@@ -189,3 +189,11 @@ def test_unstructured_trial_keys_are_unchanged_by_the_structure_field(quickstart
         d = trial.to_dict()
         del d["structure"]
         assert trial.key == _hash(d)
+
+
+def test_every_criterion_a_spec_accepts_has_a_structured_form():
+    """The spec validates against criteria.CRITERIA for both modes: the channel pruner must know them all."""
+    from tune_prune.pruning.criteria import CRITERIA
+    from tune_prune.pruning.structured import STRUCTURED_CRITERIA
+
+    assert set(STRUCTURED_CRITERIA) == set(CRITERIA)

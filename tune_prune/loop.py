@@ -23,7 +23,7 @@ from tune_prune.pruning import criteria
 from tune_prune.pruning.masks import MaskSet
 from tune_prune.pruning.patience import Patience
 from tune_prune.pruning.structured import ChannelPruner, resize_to_state
-from tune_prune.spec import STRUCTURED, PretrainSpec, TrialSpec
+from tune_prune.spec import AMP_CHOICES, CHANNELS_LAST_CHOICES, STRUCTURED, PretrainSpec, TrialSpec
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,6 @@ class PretrainResult:
     test_accuracy: float
     best_epoch: int
     extra: dict[str, float] = field(default_factory=dict)
-
-
-AMP_CHOICES = ("auto", "bf16", "fp32")
-CHANNELS_LAST_CHOICES = ("auto", True, False)
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,11 @@ def speed_table(front: pd.DataFrame) -> pd.DataFrame:
     """
     if front.empty or "latency_speedup_mean" not in front.columns:
         return pd.DataFrame()
-    rows = []
+    rows, structured = [], fr.is_structured(front)
+    level = "channel ratio" if structured else "sparsity"
     for r in front.sort_values(["sparsity_level", "strategy"]).itertuples():
         row = {
-            ("channel ratio" if fr.is_structured(front) else "sparsity"): f"{r.sparsity_level:g}",
+            level: f"{r.sparsity_level:g}",
             "strategy": r.strategy,
             "test acc (%)": f"{r.test_accuracy_mean * 100:.2f}",
             "params removed (%)": _pct(getattr(r, "param_sparsity_mean", float("nan"))),
@@ -75,7 +76,7 @@ def speed_table(front: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     empty = [c for c in table.columns[3:] if (table[c] == "-").all()]  # not measured in this sweep
     table = table.drop(columns=empty)
-    if list(table.columns[3:]) == ["params removed (%)"] and not fr.is_structured(front):
+    if list(table.columns[3:]) == ["params removed (%)"] and not structured:
         return pd.DataFrame()  # unstructured with timing off: params removed is just the level again
     return table
 

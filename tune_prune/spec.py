@@ -29,6 +29,9 @@ UNSTRUCTURED, STRUCTURED = "unstructured", "structured"
 STRUCTURES = (STRUCTURED, UNSTRUCTURED)
 #: criterion used when a spec names none, per structure
 DEFAULT_CRITERION = {UNSTRUCTURED: "global_magnitude", STRUCTURED: "l2_magnitude"}
+#: accepted values of execution.amp and execution.channels_last (resolved by loop.FastPath)
+AMP_CHOICES = ("auto", "bf16", "fp32")
+CHANNELS_LAST_CHOICES = ("auto", True, False)
 
 # Per-strategy keys besides the schedule's own knobs. patience: null means
 # fixed-epochs fine-tuning (epochs_per_event epochs per event); an integer
@@ -493,9 +496,6 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
     strategies = _strategies(raw.get("strategies"), adaptive=search.mode == "adaptive")
     resources = _dataclass(ResourcesSpec, _section(raw, "resources"), "resources")
     speed = _dataclass(SpeedSpec, _section(raw, "speed"), "speed")
-    if speed.repeats < 1 or speed.batch_size < 1:
-        bad = "speed.repeats" if speed.repeats < 1 else "speed.batch_size"
-        raise SpecError(bad, f"must be >= 1, got {getattr(speed, bad.split('.')[1])}")
     if resources.cpu <= 0:
         raise SpecError("resources.cpu", f"must be > 0, got {resources.cpu}")
     if resources.gpu < 0:
@@ -522,10 +522,10 @@ def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
 def _execution(d: dict[str, Any]) -> ExecutionSpec:
     _no_unknown(d, ("amp", "channels_last"), "execution")
     amp = d.get("amp", "auto")
-    if amp not in ("auto", "bf16", "fp32"):
-        raise SpecError("execution.amp", f"unknown value {amp!r}; accepted: auto, bf16, fp32")
+    if amp not in AMP_CHOICES:
+        raise SpecError("execution.amp", f"unknown value {amp!r}; accepted: {', '.join(AMP_CHOICES)}")
     cl = d.get("channels_last", "auto")
-    if cl not in ("auto", True, False) or (cl in (0, 1) and not isinstance(cl, bool)):
+    if cl not in CHANNELS_LAST_CHOICES or (cl in (0, 1) and not isinstance(cl, bool)):
         raise SpecError("execution.channels_last", f"must be auto, true or false, got {cl!r}")
     return ExecutionSpec(amp=amp, channels_last=cl)
 
@@ -593,7 +593,7 @@ def _dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
                 raise SpecError(fname, f"must be true or false, got {v!r}")
             out[f.name] = v
         elif f.type in ("int", int):
-            out[f.name] = _int(v, fname, minimum=1 if f.name in ("epochs", "batch_size") else 0)
+            out[f.name] = _int(v, fname, minimum=1 if f.name in ("epochs", "batch_size", "repeats") else 0)
         elif f.type in ("float", float):
             out[f.name] = _number(v, fname)
             if out[f.name] < 0:

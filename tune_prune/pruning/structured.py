@@ -118,7 +118,7 @@ class ChannelPruner:
     # ---- the MaskSet-like surface the training loop uses ---------------------
     @property
     def params(self) -> dict[str, nn.Parameter]:
-        """Every parameter: Taylor and Hessian scores also use BatchNorm's gradients."""
+        """Every parameter (gradient statistics are gathered for all; the Taylor importance reads Conv/Linear)."""
         return dict(self.model.named_parameters())
 
     def apply_(self) -> None:
