@@ -6,6 +6,38 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def on_ci() -> bool:
+    """True under CI (the CI variable set to "true", as GitHub Actions and GitLab set it)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def need(condition: object, reason: str) -> None:
+    """Skip the calling test with ``reason`` unless ``condition`` holds; under CI, fail instead.
+
+    For what `.ci/run` installs (PostgreSQL, Debian's dataset-fashion-mnist, shellcheck,
+    mlflow, runuser): on CI a missing one means the install broke, and a skip there would
+    turn a test that never ran into a green build. Not for a CUDA device: CI never has one.
+    """
+    if condition:
+        return
+    if on_ci():
+        pytest.fail(f"{reason} (CI=true: .ci/run installs this, so the test must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(condition, reason): skip unless condition holds; fail instead of skipping when CI=true",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # @pytest.mark.needs(...) is need() as a decorator: evaluated before the test runs
+    for mark in item.iter_markers("needs"):
+        need(*mark.args, **mark.kwargs)
+
+
 @pytest.fixture(scope="session")
 def quickstart_path():
     from pathlib import Path

@@ -1,6 +1,6 @@
 """Real servers for integration tests, all on 127.0.0.1: PostgreSQL, an MLflow tracking
 server on it, and a two-node Ray cluster. Each helper skips the test with a reason when
-the machine lacks what it needs."""
+the machine lacks what it needs, and fails it under CI=true (conftest.need)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from conftest import need
 
 BIN = Path(sys.executable).parent
 
@@ -28,16 +28,14 @@ def free_port() -> int:
 
 def _pg_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    need(found, "PostgreSQL server binaries not installed (apt-get install postgresql)")
     return found[-1].parent
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
     # initdb and postgres refuse to run as root
     if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        need(shutil.which("runuser"), "running as root without runuser: cannot start PostgreSQL")
         return ["runuser", "-u", "postgres", "--", *cmd]
     return cmd
 

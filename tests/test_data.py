@@ -460,9 +460,9 @@ def test_fashion_mnist_missing_data_says_how_to_get_it(tmp_path, no_system_fashi
     assert str(tmp_path / "FashionMNIST" / "raw") in message and "download: true" in message
 
 
-@pytest.mark.skipif(
-    not Path(data.FASHION_MNIST_SYSTEM_DIR, "train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist is not installed",
+@pytest.mark.needs(
+    Path(data.FASHION_MNIST_SYSTEM_DIR, "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
 )
 def test_fashion_mnist_real_debian_files(tmp_path):
     b = load_dataset("fashion_mnist", root=str(tmp_path))

@@ -7,7 +7,8 @@
 - Security: no LoadBalancer/NodePort/Ingress, every password or token from a
   secretKeyRef, no credentials in any URI or manifest, a non-root image.
 - deploy/mlflow/run_server.sh parses, binds 127.0.0.1 by default, and its help and
-  argument errors start nothing. A slow test runs it for real when PostgreSQL is installed.
+  argument errors start nothing. A slow test runs it for real when PostgreSQL is installed
+  (and fails under CI=true when it is not: .ci/run installs it). It and .ci/run pass shellcheck.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from packaging.version import Version
+
+from conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -614,9 +617,10 @@ def test_run_server_is_valid_bash():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_run_server_passes_shellcheck():
-    proc = subprocess.run(["shellcheck", str(RUN_SERVER)], capture_output=True, text=True, timeout=60)
+@pytest.mark.needs(shutil.which("shellcheck"), reason="shellcheck not installed (apt-get install shellcheck)")
+@pytest.mark.parametrize("script", [RUN_SERVER, ROOT / ".ci" / "run"], ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script):
+    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -688,16 +692,14 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.skipif(_pg_bin() is None, reason="PostgreSQL server binaries not installed")
+@pytest.mark.needs(_pg_bin() is not None, reason="PostgreSQL server binaries not installed (apt-get install postgresql)")
 def test_run_server_starts_logs_and_stops_for_real(tmp_path):
     mlflow_bin = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "mlflow"
     if not mlflow_bin.exists():
         mlflow_bin = Path(shutil.which("mlflow") or "/nonexistent")
-    if not mlflow_bin.exists():
-        pytest.skip("mlflow not installed")
+    need(mlflow_bin.exists(), "mlflow not installed")
     if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("root without runuser")
+        need(shutil.which("runuser"), "running as root without runuser: cannot start PostgreSQL")
         # The postgres user must be able to reach the state directory.
         base = Path(tempfile.mkdtemp(prefix="tune_prune_run_server_", dir="/tmp"))
         base.chmod(0o755)

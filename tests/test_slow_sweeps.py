@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SPECS = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-needs_fashion = pytest.mark.skipif(
-    not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("TUNE_PRUNE_DATA"),
+needs_fashion = pytest.mark.needs(
+    Path("/usr/share/datasets/fashion-mnist").is_dir() or bool(os.environ.get("TUNE_PRUNE_DATA")),
     reason="Fashion-MNIST not available offline (apt-get install dataset-fashion-mnist)")
 
 
