@@ -5,6 +5,7 @@ import torch
 
 from tune_prune.data import load_dataset
 from tune_prune.loop import Hooks, evaluate, pretrain_dense, run_trial
+from tune_prune.pruning.masks import prunable_parameters
 from tune_prune.spec import BudgetSpec, DatasetSpec, FinetuneSpec, ModelSpec, PretrainSpec, TrialSpec
 
 
@@ -64,12 +65,21 @@ def test_fixed_epochs_run_exactly_that_many(data, dense):
 
 def test_kept_checkpoint_is_the_best_validation_epoch(data, dense):
     trial = make_trial(schedule="one_shot", knobs=(), patience=3, budget=10)
-    seen = []
-    (rec,) = run_trial(trial, data, dense[0], torch.device("cpu"), Hooks(on_epoch=seen.append))
+    seen, finals = [], []
+    (rec,) = run_trial(trial, data, dense[0], torch.device("cpu"), Hooks(on_epoch=seen.append, on_final=finals.append))
     best = max([rec.pruned_val_accuracy] + [e.val_accuracy for e in seen])
     assert rec.val_accuracy == pytest.approx(best)
-    if rec.best_epoch > 0:
-        assert seen[rec.best_epoch - 1].val_accuracy == pytest.approx(rec.val_accuracy)
+    # fine-tuning beat the freshly pruned weights, and later epochs ran: keeping the last
+    # epoch's weights instead of the best one's would show below
+    assert 1 <= rec.best_epoch < len(seen)
+    kept = seen[rec.best_epoch - 1]
+    assert kept.val_accuracy == pytest.approx(rec.val_accuracy)
+    assert seen[-1].val_loss != pytest.approx(kept.val_loss)
+    # the model handed on is that epoch's checkpoint, and test accuracy was measured on it
+    final = finals[0]
+    again = evaluate(final, data, "val")
+    assert (again.accuracy, again.loss) == (pytest.approx(kept.val_accuracy), pytest.approx(kept.val_loss))
+    assert rec.test_accuracy == pytest.approx(evaluate(final, data, "test").accuracy)
 
 
 def test_resuming_from_an_event_checkpoint_reproduces_the_uninterrupted_run(data, dense):
@@ -105,7 +115,20 @@ def test_trial_runs_on_cuda_with_exact_masks(data):
     gdata = data.to(device)
     state, result = pretrain_dense(make_trial(), gdata, device)
     assert result.val_accuracy > 0.8
-    records = run_trial(make_trial(), gdata, state, device)
+    masks, finals = [], []
+    records = run_trial(make_trial(), gdata, state, device,
+                        Hooks(on_event=lambda rec, st: masks.append(st.mask_state), on_final=finals.append))
     assert records[-1].sparsity == pytest.approx(0.9, abs=1e-4)
     assert records[-1].cost_epochs <= 12
-    assert evaluate  # the CUDA evaluation path ran inside run_trial
+    # exact on the GPU: what one event pruned stays pruned, and after the last event's
+    # fine-tuning every masked weight of the final model is exactly zero
+    for before, after in zip(masks, masks[1:]):
+        assert all(torch.all(after[n][~before[n]] == 0) for n in before)
+    weights = prunable_parameters(finals[0])
+    assert all(p.is_cuda for p in weights.values())
+    total = sum(p.numel() for p in weights.values())
+    assert sum(int((~m).sum()) for m in masks[-1].values()) == round(0.9 * total)
+    assert all(torch.all(weights[n][~m.to(device)] == 0) for n, m in masks[-1].items())
+    # the test accuracy measured on the GPU is that of these weights
+    test = evaluate(finals[0], gdata, "test")
+    assert test.accuracy == pytest.approx(records[-1].test_accuracy) and test.accuracy > 0.5

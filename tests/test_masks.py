@@ -98,9 +98,15 @@ def test_mask_state_round_trips_to_a_fresh_model():
     for s in hybrid(0.9, 0.7, 0.1):
         masks.prune_to(s)
     other = _net(seed=1)
+    own = {n: p.detach().clone() for n, p in prunable_parameters(other).items()}
     other_masks = MaskSet(other)
     other_masks.load_state_dict(masks.state_dict())
     assert other_masks.measured_sparsity() == pytest.approx(0.9, abs=1e-4)
+    # the same positions, not merely the same count (the fresh model's own magnitudes would
+    # pick others), applied to the fresh model's own weights
+    for n, m in masks.masks.items():
+        assert torch.equal(other_masks.masks[n], m), n
+        assert torch.equal(other_masks.params[n], own[n] * m), n
 
 
 def test_out_of_range_sparsity_is_refused():
