@@ -94,3 +94,32 @@ def test_pivot_has_a_row_per_level_and_a_column_per_strategy(records):
     assert list(table.columns) == ["geometric", "one_shot"]
     assert list(table.index) == ["0.5", "0.9"]
     assert table.loc["0.5", "one_shot"] == "81.00 ± 1.41"
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    # (sparsity, test accuracy, cost): "base" is beaten by "sparser", "accurate" and "cheap"
+    # each through one criterion alone, "weak" by "sparser" through two; "cheap" and "twin"
+    # are identical, so neither is strictly better than the other and both stay. A no-op,
+    # a rule that drops any one criterion or turns one around, or a non-strict rule
+    # (every point dominates itself) each gives a different set.
+    pts = [("base", 0.5, 0.80, 10), ("sparser", 0.7, 0.80, 10), ("accurate", 0.5, 0.85, 10),
+           ("cheap", 0.5, 0.80, 6), ("twin", 0.5, 0.80, 6), ("weak", 0.7, 0.75, 12),
+           ("sparser", 0.7, 0.80, 10)]  # the same configuration's point reached at a lower level too
+    per_config = pd.DataFrame(
+        [dict(strategy="s", sparsity_level=0.5 if i < 6 else 0.3, config_key=k, sparsity_mean=sp,
+              test_accuracy_mean=a, cost_epochs_mean=c) for i, (k, sp, a, c) in enumerate(pts)])
+    front = fr.pareto_front(per_config)
+    assert sorted(front.config_key) == ["accurate", "cheap", "sparser", "twin"]
+    assert list(front.sparsity_mean) == sorted(front.sparsity_mean)
+    assert fr.pareto_front(per_config.iloc[0:0]).empty
+
+
+def test_pareto_front_cost_can_be_another_column():
+    per_config = pd.DataFrame([
+        dict(config_key="epochs_cheap", sparsity_mean=0.9, test_accuracy_mean=0.8, cost_epochs_mean=5,
+             accelerator_seconds_mean=500),
+        dict(config_key="seconds_cheap", sparsity_mean=0.9, test_accuracy_mean=0.8, cost_epochs_mean=9,
+             accelerator_seconds_mean=100),
+    ])
+    assert list(fr.pareto_front(per_config).config_key) == ["epochs_cheap"]
+    assert list(fr.pareto_front(per_config, "accelerator_seconds_mean").config_key) == ["seconds_cheap"]
