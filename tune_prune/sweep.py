@@ -299,6 +299,35 @@ class NoRepeatSearcher:
 
 CONTEXT_FILE = "tune_prune_sweep.json"
 
+LOOPBACK = "127.0.0.1"
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """Start a new single-node Ray for this process that advertises and listens on 127.0.0.1 only.
+
+    `ray.init(_node_ip_address="127.0.0.1")` alone is not enough in Ray 2.60: Ray swaps a
+    loopback address for the machine's network address, and its servers then listen on
+    every interface. Ray keeps a node on loopback only while it believes multi-node
+    clusters are off (`ray_constants.ENABLE_RAY_CLUSTER`, the switch behind
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER): the node's address is then 127.0.0.1, and the GCS,
+    raylet, agents and workers bind 127.0.0.1. The switch is read while ray.init resolves
+    the node's address, so it is off for that call only; a later `ray.init(address=...)` in
+    this process joins clusters as usual. tests/test_ray_loopback.py checks the result.
+
+    address="local" starts a new Ray even when another one runs on this machine: a bare
+    ray.init() would join the cluster that the last `ray start` recorded in /tmp/ray.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    clusters_on = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
+                 logging_level="WARNING", **init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters_on
+
 
 @contextmanager
 def _ray_session(address: str | None, tracker):
@@ -313,7 +342,7 @@ def _ray_session(address: str | None, tracker):
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING")
+            start_local_ray()
         yield
         ok = True
     finally:
