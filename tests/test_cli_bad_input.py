@@ -105,7 +105,7 @@ def test_console_script_exit_code_is_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tune_prune", "sweep", str(bad)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "tune-prune: error: budget.epochs: must be a positive integer, got -1"
+    assert proc.stderr.strip() == "tune-prune: error: budget.epochs: must be an integer >= 1, got -1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 

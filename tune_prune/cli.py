@@ -17,8 +17,26 @@ def _fail(msg: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _check_experiment(name: str | None) -> None:
+    from tune_prune.schema import NAME_RULE, is_safe_name
+
+    if name is not None and not is_safe_name(name):
+        raise SpecError("--experiment", f"{NAME_RULE}, got {name!r}")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from tune_prune.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2 if not args.compact else None))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, smoke_test=args.smoke_test)
+    from pathlib import Path
+
+    spec = load_spec(args.spec, smoke_test=args.smoke_test, check_data=not args.no_data_check)
     trials = spec.trials()
     per = Counter(t.schedule for t in trials)
     plan = spec.planned_cost()
@@ -45,13 +63,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  within the sweep budget: epochs {limits.epochs or '-'}, accelerator-hours "
               f"{limits.accelerator_hours or '-'}")
     print(f"  resources per trial: cpu {spec.resources.cpu}, gpu {spec.resources.gpu}")
+    print(f"  writes Ray results to {Path(spec.storage_path).resolve()}/{spec.name}-<time>/")
+    print(f"  caches dense models in {Path(spec.cache_dir).resolve()}/")
+    if args.no_data_check:
+        print("  data: not checked (--no-data-check)")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    spec = load_spec(args.spec, smoke_test=args.smoke_test)  # validated before anything starts
+    _check_experiment(args.experiment)
+    # the whole spec, its data paths included, is checked before anything starts
+    spec = load_spec(args.spec, smoke_test=args.smoke_test, check_data=True)
     if args.storage_path:
         spec = replace(spec, storage_path=args.storage_path)
     if args.cache_dir:
@@ -67,6 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from tune_prune import jobs
 
+    _check_experiment(args.experiment)
     job_id = jobs.submit(args.spec, address=args.address, tracking_uri=args.tracking_uri,
                          storage_path=args.storage_path, cache_dir=args.cache_dir, smoke_test=args.smoke_test,
                          experiment=args.experiment)
@@ -235,7 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a spec and print the planned trials and cost")
     v.add_argument("spec")
     v.add_argument("--smoke-test", action="store_true")
+    v.add_argument("--no-data-check", action="store_true",
+                   help="do not look for the dataset's files here (a spec meant for a cluster's shared storage)")
     v.set_defaults(func=cmd_validate)
+
+    sc = sub.add_parser("schema", help="print the spec's JSON Schema (for editor completion and checking)")
+    sc.add_argument("--compact", action="store_true", help="one line instead of indented JSON")
+    sc.set_defaults(func=cmd_schema)
 
     f = sub.add_parser("frontier", help="print the frontier of a recorded sweep, read back from MLflow")
     f.add_argument("--experiment", required=True)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from tune_prune._torchvision import import_torchvision
+from tune_prune.fields import PositiveInt, Size
 from tune_prune.registry import Registry
 
 __all__ = [
@@ -282,6 +283,32 @@ _COMMON_ARGS = ("root", "val_size", "train_subset", "split_seed", "download")
 _LOADER_ARGS = ("root", "download", "split_seed")
 
 
+# dataset name -> a check, run at spec time, that the dataset's files can be
+# found (or fetched): it only looks at paths, it reads no data. It raises
+# FileNotFoundError or ValueError whose message starts with the field at fault.
+_DATA_CHECKS: dict[str, Callable[..., None]] = {}
+
+
+def _data_check(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def add(fn: Callable[..., None]) -> Callable[..., None]:
+        _DATA_CHECKS[name] = fn
+        return fn
+
+    return add
+
+
+def check_data(name: str, *, root: str | None = None, download: bool = False, **options: object) -> None:
+    """Check, without reading it, that dataset ``name`` can be found (or downloaded) as configured.
+
+    Raises FileNotFoundError or ValueError whose message starts with the field to
+    fix (``dataset.root: ...``). Datasets that need no files pass silently.
+    """
+    check = _DATA_CHECKS.get(name)
+    if check is not None:
+        own = inspect.signature(check).parameters
+        check(root=root, download=download, **{k: v for k, v in options.items() if k in own})
+
+
 def _loader_options(loader: Callable[..., RawDataset]) -> list[str]:
     params = inspect.signature(loader).parameters
     return sorted(p for p in params if p not in _LOADER_ARGS)
@@ -370,7 +397,7 @@ def load_dataset(
 
 @DATASETS.register
 def digits(
-    *, root: str | None, download: bool, split_seed: int, test_size: int | float = 0.2
+    *, root: str | None, download: bool, split_seed: int, test_size: Size = 0.2
 ) -> RawDataset:
     """scikit-learn's bundled 1,797 8x8 digits (no files, no download; ``root`` is unused)."""
     _check_size(test_size, "dataset.test_size")
@@ -426,6 +453,32 @@ def _stage_fashion_mnist(raw_dir: Path) -> list[str]:
     return missing
 
 
+def _fashion_mnist_missing(missing: list[str], base: Path) -> str:
+    return (
+        f"dataset.root: Fashion-MNIST not found: looked for {', '.join(missing)} (plain or .gz) "
+        f"in {base / 'FashionMNIST' / 'raw'} and for the .gz files in {FASHION_MNIST_SYSTEM_DIR}. "
+        "Install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+        "or set `download: true` (dataset.download) on a machine with internet; "
+        f"dataset.root or ${ENV_DATA_ROOT} chooses the data directory (now {base})"
+    )
+
+
+@_data_check("fashion_mnist")
+def _check_fashion_mnist(*, root: str | None, download: bool) -> None:
+    base = data_root(root)
+    raw_dir = base / "FashionMNIST" / "raw"
+    missing = [
+        name
+        for name in _FASHION_MNIST_FILES
+        if not any(
+            p.is_file()
+            for p in (raw_dir / name, raw_dir / f"{name}.gz", Path(FASHION_MNIST_SYSTEM_DIR) / f"{name}.gz")
+        )
+    ]
+    if missing and not download:
+        raise FileNotFoundError(_fashion_mnist_missing(missing, base))
+
+
 @DATASETS.register
 def fashion_mnist(*, root: str | None, download: bool, split_seed: int) -> RawDataset:
     """Fashion-MNIST (60k train, 10k test, 1x28x28) read by torchvision from ROOT/FashionMNIST/raw/.
@@ -438,13 +491,7 @@ def fashion_mnist(*, root: str | None, download: bool, split_seed: int) -> RawDa
     raw_dir = base / "FashionMNIST" / "raw"
     missing = _stage_fashion_mnist(raw_dir)
     if missing and not download:
-        raise FileNotFoundError(
-            f"fashion_mnist: data not found: looked for {', '.join(missing)} (plain or .gz) "
-            f"in {raw_dir} and for the .gz files in {FASHION_MNIST_SYSTEM_DIR}. Install the "
-            "Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
-            "or set `download: true` (dataset.download) on a machine with internet; "
-            f"dataset.root or ${ENV_DATA_ROOT} chooses the data directory (now {base})."
-        )
+        raise FileNotFoundError(_fashion_mnist_missing(missing, base))
     tv = import_torchvision()
     splits = []
     for train in (True, False):
@@ -501,23 +548,13 @@ def _load_cifar(
 ) -> RawDataset:
     base = data_root(root)
     directory = base / folder
-
-    def missing() -> list[Path]:
-        return [directory / f for f in (*train_files, *test_files) if not (directory / f).is_file()]
-
-    if missing() and download:
+    if _cifar_missing(directory, (*train_files, *test_files)) and download:
         # torchvision only fetches and extracts here; it is not used for reading
         # because its md5 checks reject anything but the official files.
         tv = import_torchvision()
         getattr(tv.datasets, torchvision_class)(str(base), train=True, download=True)
-    if absent := missing():
-        raise FileNotFoundError(
-            f"{name}: missing {', '.join(str(p) for p in absent)}. Expected CIFAR's python-format "
-            f"files (the extracted {archive}) in {directory}; point dataset.root or "
-            f"${ENV_DATA_ROOT} at "
-            f"the directory containing {folder}/, or set `download: true` (dataset.download) on a "
-            "machine with internet."
-        )
+    if absent := _cifar_missing(directory, (*train_files, *test_files)):
+        raise FileNotFoundError(_cifar_missing_message(name, absent, base, folder, archive))
 
     def read(files: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [_read_cifar_batch(directory / f, label_key, num_classes) for f in files]
@@ -530,6 +567,44 @@ def _load_cifar(
     return RawDataset(
         x_train, y_train, x_test, y_test, num_classes=num_classes, augment="crop_flip"
     )
+
+
+def _cifar_missing(directory: Path, files: Sequence[str]) -> list[Path]:
+    return [directory / f for f in files if not (directory / f).is_file()]
+
+
+def _cifar_missing_message(name: str, absent: list[Path], base: Path, folder: str, archive: str) -> str:
+    return (
+        f"dataset.root: {name}: missing {absent[0]}"
+        + (f" and {len(absent) - 1} more file(s)" if len(absent) > 1 else "")
+        + f". Expected CIFAR's "
+        f"python-format files (the extracted {archive}) in {base / folder}; point dataset.root or "
+        f"${ENV_DATA_ROOT} at the directory containing {folder}/, or set `download: true` "
+        "(dataset.download) on a machine with internet"
+    )
+
+
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train", "test"]),
+}
+
+
+def _check_cifar(name: str) -> Callable[..., None]:
+    folder, archive, files = _CIFAR_FILES[name]
+
+    def check(*, root: str | None, download: bool) -> None:
+        base = data_root(root)
+        absent = _cifar_missing(base / folder, files)
+        if absent and not download:
+            raise FileNotFoundError(_cifar_missing_message(name, absent, base, folder, archive))
+
+    return check
+
+
+for _name in _CIFAR_FILES:
+    _data_check(_name)(_check_cifar(_name))
 
 
 @DATASETS.register
@@ -588,15 +663,58 @@ def _read_image_folder(
     return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _check_image_tree(root: str, field: str) -> list[str]:
+    """The class folder names of an ImageFolder tree; raise naming ``field`` if it is not one."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{field}: {path} is not a directory; imagefolder expects {path}/<class_name>/<image>"
+        )
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(
+            f"{field}: {path} has no class sub-directories; imagefolder expects {path}/<class_name>/<image>"
+        )
+    for cls in classes:
+        if not any(f.suffix.lower() in _IMAGE_SUFFIXES for f in (path / cls).rglob("*") if f.is_file()):
+            raise FileNotFoundError(
+                f"{field}: class folder {path / cls} holds no image file ({', '.join(_IMAGE_SUFFIXES)})"
+            )
+    return classes
+
+
+@_data_check("imagefolder")
+def _check_imagefolder(
+    *, root: str | None, download: bool, test_root: str | None = None, test_size: object = None
+) -> None:
+    if root is None:
+        raise ValueError(
+            "dataset.root: required for imagefolder: a directory with one sub-directory "
+            "of images per class"
+        )
+    if test_root is not None and test_size is not None:
+        raise ValueError("dataset.test_size: not used when dataset.test_root is set; give one of them")
+    classes = _check_image_tree(root, "dataset.root")
+    if test_root is not None:
+        test_classes = _check_image_tree(test_root, "dataset.test_root")
+        if test_classes != classes:
+            raise ValueError(
+                f"dataset.test_root: class folders {test_classes} differ from dataset.root's {classes}"
+            )
+
+
 @DATASETS.register
 def imagefolder(
     *,
     root: str | None,
     download: bool,
     split_seed: int,
-    image_size: int = 32,
+    image_size: PositiveInt = 32,
     test_root: str | None = None,
-    test_size: int | float | None = None,
+    test_size: Size | None = None,
 ) -> RawDataset:
     """Your own images, ROOT/<class_name>/<image>, resized and center-cropped to RGB image_size^2.
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune_prune.fields import PositiveInt, Widths
 from tune_prune.registry import Registry
 
 __all__ = ["MODELS", "BasicBlock", "ResNet", "build_model"]
@@ -67,7 +68,7 @@ def build_model(
 
 @MODELS.register
 def mlp(
-    in_shape: tuple[int, int, int], num_classes: int, hidden: Sequence[int] | int = (256, 128)
+    in_shape: tuple[int, int, int], num_classes: int, hidden: Widths = (256, 128)
 ) -> nn.Module:
     """Flatten -> Linear+ReLU for each width in ``hidden`` -> Linear classifier."""
     widths = [hidden] if isinstance(hidden, Integral) and not isinstance(hidden, bool) else hidden
@@ -101,7 +102,7 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
 
 
 @MODELS.register
-def small_cnn(in_shape: tuple[int, int, int], num_classes: int, width: int = 32) -> nn.Module:
+def small_cnn(in_shape: tuple[int, int, int], num_classes: int, width: PositiveInt = 32) -> nn.Module:
     """Three stride-2 3x3 conv+BN+ReLU (width, 2*width, 2*width), 2x2 adaptive avg pool, linear.
 
     Strided convolutions rather than max-pools, and a 2x2 rather than 1x1 final
@@ -172,14 +173,14 @@ class ResNet(nn.Module):
 
 
 @MODELS.register
-def resnet20(in_shape: tuple[int, int, int], num_classes: int, width: int = 16) -> nn.Module:
+def resnet20(in_shape: tuple[int, int, int], num_classes: int, width: PositiveInt = 16) -> nn.Module:
     """He et al.'s CIFAR ResNet-20: 3 stages x 3 blocks of 16/32/64 (x width/16), ~0.27M params."""
     w = _positive_int(width, "model.width")
     return ResNet(in_shape[0], num_classes, widths=(w, 2 * w, 4 * w), blocks=(3, 3, 3))
 
 
 @MODELS.register
-def resnet18(in_shape: tuple[int, int, int], num_classes: int, width: int = 64) -> nn.Module:
+def resnet18(in_shape: tuple[int, int, int], num_classes: int, width: PositiveInt = 64) -> nn.Module:
     """CIFAR ResNet-18: 4 stages x 2 blocks of 64/128/256/512 (x width/64), ~11.2M params."""
     w = _positive_int(width, "model.width")
     return ResNet(in_shape[0], num_classes, widths=(w, 2 * w, 4 * w, 8 * w), blocks=(2, 2, 2, 2))

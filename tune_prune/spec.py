@@ -15,29 +15,20 @@ import copy
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
-from tune_prune.pruning import budget as budget_policies
+from tune_prune import schema
 from tune_prune.pruning.schedules import SCHEDULE_KNOBS, ScheduleError, build_schedule
+from tune_prune.schema import AMP_CHOICES, COMMON_STRATEGY_KEYS, DEFAULT_CRITERION, EXTRA_STRATEGY_KEYS
 
 DENSE = "dense"
 UNSTRUCTURED, STRUCTURED = "unstructured", "structured"
 STRUCTURES = (STRUCTURED, UNSTRUCTURED)
-#: criterion used when a spec names none, per structure
-DEFAULT_CRITERION = {UNSTRUCTURED: "global_magnitude", STRUCTURED: "l2_magnitude"}
-#: accepted values of execution.amp and execution.channels_last (resolved by loop.FastPath)
-AMP_CHOICES = ("auto", "bf16", "fp32")
+#: accepted values of execution.channels_last (resolved by loop.FastPath, with AMP_CHOICES)
 CHANNELS_LAST_CHOICES = ("auto", True, False)
-
-# Per-strategy keys besides the schedule's own knobs. patience: null means
-# fixed-epochs fine-tuning (epochs_per_event epochs per event); an integer
-# means patience fine-tuning, with epochs_per_event (optional) as a per-event cap.
-COMMON_STRATEGY_KEYS = ("patience", "epochs_per_event", "lr")
-EXTRA_STRATEGY_KEYS = {"hybrid": ("first_patience",)}
+__all__ = ["AMP_CHOICES", "DEFAULT_CRITERION", "SpecError", "SweepSpec", "TrialSpec", "load_spec", "parse_spec"]
 
 
 class SpecError(ValueError):
@@ -436,23 +427,23 @@ def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], targe
 
 # ---------------------------------------------------------------- parsing
 
-_TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities",
-             "seeds", "strategies", "resources", "max_failures", "storage_path", "cache_dir",
-             "search", "criterion", "structure", "speed", "execution", "smoke_test")
 
+def load_spec(path: str | Path, smoke_test: bool = False, check_data: bool = False) -> SweepSpec:
+    """Read and validate a sweep spec file; ``smoke_test`` applies its ``smoke_test:`` overrides.
 
-def load_spec(path: str | Path, smoke_test: bool = False) -> SweepSpec:
-    """Read and validate a sweep spec file; ``smoke_test`` applies its ``smoke_test:`` overrides."""
+    ``check_data`` also checks that the dataset's files can be found (or downloaded)
+    from this machine: what ``validate`` and ``sweep`` do, and ``submit`` cannot.
+    """
+    from tune_prune.safe_yaml import YamlError, load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise SpecError("spec", f"no such file: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise SpecError("spec", f"{path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_spec(raw, smoke_test=smoke_test)
+        raw = load_yaml(path)
+    except YamlError as exc:
+        raise SpecError("spec", f"{path} {exc}") from None
+    return parse_spec(raw, smoke_test=smoke_test, check_data=check_data)
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -465,194 +456,116 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_spec(raw: Any, smoke_test: bool = False) -> SweepSpec:
-    """Validate a raw mapping (as loaded from YAML) into a SweepSpec."""
-    if not isinstance(raw, Mapping):
-        raise SpecError("spec", f"must be a mapping of fields ({', '.join(_TOP_KEYS)}), got {type(raw).__name__}")
-    _no_unknown(raw, _TOP_KEYS, "spec")
-    raw = dict(raw)
-    smoke = raw.pop("smoke_test", None)
-    if smoke is not None and not isinstance(smoke, Mapping):
-        raise SpecError("smoke_test", "must be a mapping of overrides")
-    if smoke_test and smoke:
-        _no_unknown(smoke, _TOP_KEYS, "smoke_test")
-        raw = _merge(raw, smoke)
+def _checked(raw: Any) -> Any:
+    """The schema's verdict on a raw mapping, as a SpecError naming the field."""
+    try:
+        return schema.validate_raw(raw)
+    except schema.SchemaError as exc:
+        raise SpecError(exc.path, exc.message) from None
 
-    name = _str(raw, "name", "spec")
-    dataset = _dataset(_section(raw, "dataset", required=True))
-    model = _model(_section(raw, "model", required=True))
-    pretrain = _dataclass(PretrainSpec, _section(raw, "pretrain"), "pretrain")
-    finetune = _dataclass(FinetuneSpec, _section(raw, "finetune"), "finetune")
-    budget_raw = _section(raw, "budget", required=True)
-    sweep_budget = _sweep_budget(budget_raw)
-    budget = _budget(budget_raw)
-    targets = _targets(raw.get("target_sparsities"))
-    seeds = _seeds(raw.get("seeds", [0]))
-    search = _search(_section(raw, "search"))
-    structure = raw.get("structure", UNSTRUCTURED)
-    if structure not in STRUCTURES:
-        raise SpecError("structure", f"unknown structure {structure!r}; accepted: {', '.join(STRUCTURES)}")
-    criterion = _criterion(raw.get("criterion", DEFAULT_CRITERION[structure]))
-    strategies = _strategies(raw.get("strategies"), adaptive=search.mode == "adaptive")
-    resources = _dataclass(ResourcesSpec, _section(raw, "resources"), "resources")
-    speed = _dataclass(SpeedSpec, _section(raw, "speed"), "speed")
-    if resources.cpu <= 0:
-        raise SpecError("resources.cpu", f"must be > 0, got {resources.cpu}")
-    if resources.gpu < 0:
-        raise SpecError("resources.gpu", f"must be >= 0 (fractions share a GPU), got {resources.gpu}")
-    if resources.gpu > 1 and resources.gpu != int(resources.gpu):
-        raise SpecError("resources.gpu", f"must be a fraction <= 1 (0.25 packs 4 trials on a GPU) or a whole "
-                        f"number of GPUs, got {resources.gpu}")
-    execution = _execution(_section(raw, "execution"))
-    max_failures = _int(raw.get("max_failures", 0), "max_failures", minimum=-1)
+
+def parse_spec(raw: Any, smoke_test: bool = False, check_data: bool = False) -> SweepSpec:
+    """Validate a raw mapping (as loaded from YAML) into a SweepSpec.
+
+    The whole spec is checked, the ``smoke_test:`` overrides included even when
+    they are not applied, so a mistake there shows now rather than on the first
+    smoke run; errors inside the overrides are named ``smoke_test.<field>``.
+    """
+    checked = _checked(raw)
+    smoke = checked.smoke_test
+    if smoke is not None:
+        unknown = [k for k in smoke if k not in schema.TOP_KEYS or k == "smoke_test"]
+        if unknown:
+            accepted = ", ".join(k for k in schema.TOP_KEYS if k != "smoke_test")
+            raise SpecError(f"smoke_test.{unknown[0]}", f"unknown field; accepted: {accepted}")
+        raw_top = {k: v for k, v in raw.items() if k != "smoke_test"}
+        merged = _merge(raw_top, smoke)
+        if smoke_test:
+            return _to_sweep(_checked(merged), merged, check_data)
+        try:
+            _to_sweep(_checked(merged), merged, check_data=False)
+        except SpecError as exc:
+            if exc.field.split(".")[0].split("[")[0] in smoke:
+                raise SpecError(f"smoke_test.{exc.field}", str(exc).split(": ", 1)[1]) from None
+            raise
+        raw = raw_top
+    return _to_sweep(checked, dict(raw), check_data)
+
+
+def _given(section: Any) -> dict[str, Any]:
+    """The fields a user wrote: defaults stay with the frozen dataclasses (and out of trial keys)."""
+    return section.model_dump(exclude_unset=True) if section is not None else {}
+
+
+def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
+    """Frozen objects from a validated spec, then the rules that need the schedules."""
+    data = _given(checked.dataset)
+    data.pop("name")
+    common = {k: data.pop(k) for k in ("root", "val_size", "train_subset", "split_seed", "download") if k in data}
+    dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
+    model_opts = _given(checked.model)
+    model_opts.pop("name")
+    model = ModelSpec(name=checked.model.name, options=_frozen(model_opts))
+    budget_given = _given(checked.budget)
+    budget = BudgetSpec(**{k: budget_given[k] for k in ("epochs", "policy") if k in budget_given})
+    sweep_budget = SweepBudgetSpec(epochs=checked.budget.sweep_epochs,
+                                   accelerator_hours=checked.budget.sweep_accelerator_hours,
+                                   epoch_seconds=checked.budget.epoch_seconds)
+    structure = checked.structure
     spec = SweepSpec(
-        name=name, dataset=dataset, model=model, pretrain=pretrain, finetune=finetune,
-        budget=budget, target_sparsities=targets, seeds=seeds, strategies=strategies,
-        resources=resources, max_failures=max_failures, sweep_budget=sweep_budget, search=search,
-        criterion=criterion, structure=structure, speed=speed, execution=execution,
-        storage_path=str(raw.get("storage_path", "tune_prune_runs")),
-        cache_dir=str(raw.get("cache_dir", ".tune_prune_cache")),
+        name=checked.name, dataset=dataset, model=model,
+        pretrain=PretrainSpec(**_given(checked.pretrain)),
+        finetune=FinetuneSpec(**_given(checked.finetune)),
+        budget=budget, target_sparsities=tuple(sorted(checked.target_sparsities)),
+        seeds=tuple(checked.seeds), strategies=_strategies(checked.strategies, raw["strategies"]),
+        resources=ResourcesSpec(**_given(checked.resources)), max_failures=checked.max_failures,
+        storage_path=checked.storage_path, cache_dir=checked.cache_dir, sweep_budget=sweep_budget,
+        search=SearchSpec(**_given(checked.search)),
+        criterion=checked.criterion or DEFAULT_CRITERION[structure], structure=structure,
+        speed=SpeedSpec(**_given(checked.speed)), execution=ExecutionSpec(**_given(checked.execution)),
         resolved=_frozen(raw),
     )
     _check_budget_fits(spec.corner_trials())
     _check_sweep_budget(spec)
+    if check_data:
+        check_dataset(spec.dataset)
     return spec
 
 
-def _execution(d: dict[str, Any]) -> ExecutionSpec:
-    _no_unknown(d, ("amp", "channels_last"), "execution")
-    amp = d.get("amp", "auto")
-    if amp not in AMP_CHOICES:
-        raise SpecError("execution.amp", f"unknown value {amp!r}; accepted: {', '.join(AMP_CHOICES)}")
-    cl = d.get("channels_last", "auto")
-    if cl not in CHANNELS_LAST_CHOICES or (cl in (0, 1) and not isinstance(cl, bool)):
-        raise SpecError("execution.channels_last", f"must be auto, true or false, got {cl!r}")
-    return ExecutionSpec(amp=amp, channels_last=cl)
+def check_dataset(dataset: DatasetSpec) -> None:
+    """Refuse a dataset whose files cannot be found (or fetched) from here, naming the field."""
+    from tune_prune.data import check_data
+
+    kw = dataset.load_kwargs()
+    try:
+        check_data(dataset.name, root=kw.pop("root"), download=kw.pop("download"), **kw)
+    except (FileNotFoundError, ValueError) as exc:
+        field_name, _, message = str(exc).partition(": ")
+        if not field_name.startswith("dataset.") or not message:
+            field_name, message = "dataset", str(exc)
+        raise SpecError(field_name, message) from None
 
 
-def _criterion(name: Any) -> str:
-    from tune_prune.pruning.criteria import CRITERIA
-
-    accepted = sorted(CRITERIA)  # the same names score weights (unstructured) or channels (structured)
-    if name not in accepted:
-        raise SpecError("criterion", f"unknown criterion {name!r}; accepted: {', '.join(accepted)}")
-    return name
-
-
-def _no_unknown(d: Mapping[str, Any], accepted: Iterable[str], where: str) -> None:
-    accepted = tuple(accepted)
-    for key in d:
-        if key not in accepted:
-            raise SpecError(f"{where}.{key}" if where != "spec" else str(key),
-                            f"unknown field; accepted: {', '.join(accepted)}")
-
-
-def _section(raw: Mapping[str, Any], key: str, required: bool = False) -> dict[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise SpecError(key, "is required")
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(key, f"must be a mapping, got {type(value).__name__}")
-    return dict(value)
-
-
-def _str(raw: Mapping[str, Any], key: str, where: str) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise SpecError(key if where == "spec" else f"{where}.{key}", "is required and must be a non-empty string")
-    return value
-
-
-def _int(value: Any, field_name: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(field_name, f"must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise SpecError(field_name, f"must be >= {minimum}, got {value}")
-    return value
-
-
-def _number(value: Any, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(field_name, f"must be a number, got {value!r}")
-    return float(value)
-
-
-def _dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    accepted = [f.name for f in fields(cls)]
-    _no_unknown(values, accepted, where)
-    out = {}
-    for f in fields(cls):
-        if f.name not in values:
-            continue
-        v = values[f.name]
-        fname = f"{where}.{f.name}"
-        if f.type in ("bool", bool):
-            if not isinstance(v, bool):
-                raise SpecError(fname, f"must be true or false, got {v!r}")
-            out[f.name] = v
-        elif f.type in ("int", int):
-            out[f.name] = _int(v, fname, minimum=1 if f.name in ("epochs", "batch_size", "repeats") else 0)
-        elif f.type in ("float", float):
-            out[f.name] = _number(v, fname)
-            if out[f.name] < 0:
-                raise SpecError(fname, f"must be >= 0, got {v}")
-        else:
-            out[f.name] = v
-    if "lr" in out and out["lr"] <= 0:
-        raise SpecError(f"{where}.lr", f"must be > 0, got {out['lr']}")
-    return cls(**out)
-
-
-def _dataset(d: dict[str, Any]) -> DatasetSpec:
-    from tune_prune.data import DATASETS
-
-    name = _str(d, "name", "dataset")
-    if name not in DATASETS:
-        raise SpecError("dataset.name", f"unknown dataset '{name}'; accepted: {', '.join(DATASETS.names())}")
-    known = ("name", "root", "val_size", "train_subset", "split_seed", "download")
-    kw = {k: d.pop(k) for k in known if k in d}
-    if "val_size" in kw:
-        v = kw["val_size"]
-        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, float) and 0 < v < 1)
-        if not ok:
-            raise SpecError("dataset.val_size", f"must be an int >= 1 or a float in (0, 1), got {v!r}")
-    if kw.get("train_subset") is not None:
-        _int(kw["train_subset"], "dataset.train_subset", minimum=1)
-    if "split_seed" in kw:
-        _int(kw["split_seed"], "dataset.split_seed", minimum=0)
-    if "root" in kw and kw["root"] is not None:
-        kw["root"] = str(kw["root"])
-    return DatasetSpec(**kw, options=_frozen(d))
-
-
-def _model(d: dict[str, Any]) -> ModelSpec:
-    from tune_prune.models import MODELS
-
-    name = _str(d, "name", "model")
-    if name not in MODELS:
-        raise SpecError("model.name", f"unknown model '{name}'; accepted: {', '.join(MODELS.names())}")
-    d.pop("name")
-    return ModelSpec(name=name, options=_frozen(d))
-
-
-_SWEEP_BUDGET_KEYS = ("sweep_epochs", "sweep_accelerator_hours", "epoch_seconds")
-
-
-def _sweep_budget(d: dict[str, Any]) -> SweepBudgetSpec:
-    values = {k: d.pop(k) for k in _SWEEP_BUDGET_KEYS if k in d}
-    if "sweep_epochs" in values:
-        _int(values["sweep_epochs"], "budget.sweep_epochs", minimum=1)
-    for k in ("sweep_accelerator_hours", "epoch_seconds"):
-        if k in values and _number(values[k], f"budget.{k}") <= 0:
-            raise SpecError(f"budget.{k}", f"must be > 0, got {values[k]}")
-    if "sweep_accelerator_hours" in values and "epoch_seconds" not in values:
-        raise SpecError("budget.epoch_seconds", "is required with budget.sweep_accelerator_hours: the seconds "
-                        "one epoch takes on one trial's resources (time a --smoke-test run to measure it)")
-    return SweepBudgetSpec(epochs=values.get("sweep_epochs"),
-                           accelerator_hours=values.get("sweep_accelerator_hours"),
-                           epoch_seconds=values.get("epoch_seconds"))
+def _strategies(checked: Any, raw: Mapping[str, Any]) -> tuple[StrategySpec, ...]:
+    """Each strategy's knobs as grid axes, in the order the spec lists the strategies."""
+    out = []
+    for schedule in raw:
+        knobs = _given(getattr(checked, schedule))
+        knobs.setdefault("patience", None)
+        allowed = SCHEDULE_KNOBS[schedule] + COMMON_STRATEGY_KEYS + EXTRA_STRATEGY_KEYS.get(schedule, ())
+        grid = []
+        for k in allowed:
+            if k not in knobs:
+                continue
+            v = knobs[k]
+            if isinstance(v, Mapping):
+                _, integer = schema.knob_kind(k)
+                grid.append((k, (Range(low=v["low"], high=v["high"], log=bool(v.get("log", False)),
+                                       integer=integer),)))
+            else:
+                grid.append((k, tuple(v) if isinstance(v, list) else (v,)))
+        out.append(StrategySpec(schedule=schedule, grid=tuple(grid)))
+    return tuple(out)
 
 
 def _check_sweep_budget(spec: SweepSpec) -> None:
@@ -668,134 +581,6 @@ def _check_sweep_budget(spec: SweepSpec) -> None:
                         f"the sweep plans up to {hours:.3g} accelerator-hours ({plan.total_epochs} epochs x "
                         f"{plan.epoch_seconds:g} s x {plan.accelerator_share:g} per trial) but the limit is "
                         f"{limits.accelerator_hours:g}; cut seeds, sparsities or knob values, or lower budget.epochs")
-
-
-def _budget(d: dict[str, Any]) -> BudgetSpec:
-    _no_unknown(d, ("epochs", "policy") + _SWEEP_BUDGET_KEYS, "budget")
-    if "epochs" not in d:
-        raise SpecError("budget.epochs", "is required: the most fine-tuning epochs one trial may spend")
-    epochs = d["epochs"]
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-        raise SpecError("budget.epochs", f"must be a positive integer, got {epochs!r}")
-    policy = d.get("policy", "carry_over")
-    if policy not in budget_policies.BUDGET_POLICIES:
-        raise SpecError("budget.policy", f"unknown policy '{policy}'; accepted: "
-                        f"{', '.join(sorted(budget_policies.BUDGET_POLICIES))}")
-    return BudgetSpec(epochs=epochs, policy=policy)
-
-
-def _targets(value: Any) -> tuple[float, ...]:
-    if not isinstance(value, list) or not value:
-        raise SpecError("target_sparsities", "must be a non-empty list of numbers in (0, 1)")
-    out = []
-    for i, v in enumerate(value):
-        f = _number(v, f"target_sparsities[{i}]")
-        if not 0.0 <= f < 1.0:
-            raise SpecError(f"target_sparsities[{i}]", f"must be in [0, 1), got {v}")
-        if f == 0.0:
-            raise SpecError(f"target_sparsities[{i}]", "0 is the dense baseline, which every sweep "
-                            "runs already; list sparsities in (0, 1)")
-        out.append(f)
-    if len(set(out)) != len(out):
-        raise SpecError("target_sparsities", f"has duplicates: {value}")
-    return tuple(sorted(out))
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise SpecError("seeds", "must be a non-empty list of integers")
-    seeds = tuple(_int(v, f"seeds[{i}]", minimum=0) for i, v in enumerate(value))
-    if len(set(seeds)) != len(seeds):
-        raise SpecError("seeds", f"has duplicates: {value}")
-    return seeds
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _search(d: dict[str, Any]) -> SearchSpec:
-    accepted = [f.name for f in fields(SearchSpec)]
-    _no_unknown(d, accepted, "search")
-    mode = d.get("mode", "grid")
-    if mode not in ("grid", "adaptive"):
-        raise SpecError("search.mode", f"unknown mode '{mode}'; accepted: adaptive, grid")
-    values: dict[str, Any] = {k: _int(d[k], f"search.{k}", minimum=2 if k == "reduction_factor" else 1)
-                              for k in ("num_samples", "confirm_top", "reduction_factor") if k in d}
-    if "grace_period" in d:
-        values["grace_period"] = _number(d["grace_period"], "search.grace_period")
-        if values["grace_period"] <= 0:
-            raise SpecError("search.grace_period", f"must be > 0 (compression doublings), got {d['grace_period']}")
-    return SearchSpec(mode=mode, **values)
-
-
-def _range(value: Mapping[str, Any], field_name: str, key: str) -> Range:
-    _no_unknown(value, ("low", "high", "log"), field_name)
-    if "low" not in value or "high" not in value:
-        raise SpecError(field_name, "a range needs low and high, e.g. {low: 0.05, high: 0.3}")
-    low, high = value["low"], value["high"]
-    integer = key in ("patience", "first_patience", "epochs_per_event")
-    for bound in (low, high):
-        _check_knob(field_name, key, bound)
-    if integer and not (isinstance(low, int) and isinstance(high, int)):
-        raise SpecError(field_name, f"{key} ranges take integers, got {low!r}..{high!r}")
-    if not low < high:
-        raise SpecError(field_name, f"low must be < high, got {low!r}..{high!r}")
-    log = bool(value.get("log", False))
-    if log and low <= 0:
-        raise SpecError(field_name, "a log range needs low > 0")
-    return Range(low=low, high=high, log=log, integer=integer)
-
-
-def _strategies(value: Any, adaptive: bool = False) -> tuple[StrategySpec, ...]:
-    accepted = ", ".join(sorted(SCHEDULE_KNOBS))
-    if not isinstance(value, Mapping) or not value:
-        raise SpecError("strategies", f"must map schedule names ({accepted}) to their knobs")
-    out = []
-    for schedule, knobs in value.items():
-        where = f"strategies.{schedule}"
-        if schedule not in SCHEDULE_KNOBS:
-            raise SpecError(where, f"unknown schedule '{schedule}'; accepted: {accepted}")
-        knobs = dict(knobs or {})
-        allowed = SCHEDULE_KNOBS[schedule] + COMMON_STRATEGY_KEYS + EXTRA_STRATEGY_KEYS.get(schedule, ())
-        _no_unknown(knobs, allowed, where)
-        for k in SCHEDULE_KNOBS[schedule]:
-            if k not in knobs:
-                raise SpecError(f"{where}.{k}", f"is required by the {schedule} schedule")
-        knobs.setdefault("patience", None)
-        grid = []
-        for k in allowed:
-            if k not in knobs:
-                continue
-            if isinstance(knobs[k], Mapping):
-                if not adaptive:
-                    raise SpecError(f"{where}.{k}", "ranges ({low, high}) need search.mode: adaptive; "
-                                    "in a grid give a list of values")
-                grid.append((k, (_range(knobs[k], f"{where}.{k}", k),)))
-                continue
-            values = _as_list(knobs[k])
-            if not values:
-                raise SpecError(f"{where}.{k}", "must not be an empty list")
-            for v in values:
-                _check_knob(f"{where}.{k}", k, v)
-            grid.append((k, tuple(values)))
-        out.append(StrategySpec(schedule=schedule, grid=tuple(grid)))
-        if None in dict(grid)["patience"] and "epochs_per_event" not in knobs:
-            raise SpecError(f"{where}.epochs_per_event", "is required for fixed-epoch fine-tuning "
-                            "(patience: null); or give an integer patience")
-    return tuple(out)
-
-
-def _check_knob(field_name: str, key: str, v: Any) -> None:
-    if key in ("patience", "first_patience"):
-        if v is not None:
-            _int(v, field_name, minimum=0)
-    elif key == "epochs_per_event":
-        _int(v, field_name, minimum=1)
-    else:
-        f = _number(v, field_name)
-        if f <= 0:
-            raise SpecError(field_name, f"must be > 0, got {v}")
 
 
 def _check_budget_fits(trials: list[TrialSpec]) -> None:

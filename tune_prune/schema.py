@@ -1,0 +1,550 @@
+"""The sweep spec as typed pydantic models: one description for checking, errors and JSON Schema.
+
+Every section is a model whose fields carry their help text; the model's and
+the dataset's own options are models built from the builder's and the loader's
+signatures (tune_prune.fields has the shared types), so ``model: {name: mlp,
+hiden: [16]}`` is refused at spec time the same way a top-level typo is.
+
+``validate_raw`` checks a raw mapping (as loaded from YAML) and returns the
+validated ``SpecModel``; a mistake raises ``SchemaError(path, message)`` for the
+first problem found, where ``path`` is the dotted field path (``seeds[1]``,
+``strategies.geometric.rate0``) and the message says what is accepted.
+``json_schema()`` is what ``tune-prune schema`` prints for editors.
+
+Cross-field rules that need the schedules (does every configuration fit its
+budget?) live in tune_prune.spec, which turns a SpecModel into frozen objects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic_core import PydanticCustomError
+
+from tune_prune.fields import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Size,
+    custom,
+    invalid,
+    is_int,
+    is_number,
+    shown,
+)
+from tune_prune.pruning.budget import BUDGET_POLICIES
+from tune_prune.pruning.criteria import CRITERIA
+from tune_prune.pruning.schedules import SCHEDULE_KNOBS
+
+SCHEMA_ID = "https://tune-prune.invalid/sweep-spec.schema.json"
+STRUCTURES = ("structured", "unstructured")
+DEFAULT_CRITERION = {"unstructured": "global_magnitude", "structured": "l2_magnitude"}
+AMP_CHOICES = ("auto", "bf16", "fp32")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class SchemaError(ValueError):
+    """The first problem in a spec: ``path`` is the dotted field, ``message`` what is accepted."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path, self.message = path, message
+        super().__init__(f"{path}: {message}")
+
+
+def _at(path: str, message: str) -> PydanticCustomError:
+    """An error raised by a cross-field check, located at an absolute field path."""
+    return PydanticCustomError("tune_prune_at", "{message}", {"message": message, "path": path})
+
+
+class Section(BaseModel):
+    """A spec section: typed, strict (no "3" for 3, no true for 1) and closed to unknown keys."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        # pydantic's own extra_forbidden error does not list the accepted names; this one does.
+        if isinstance(data, Mapping):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "tune_prune_unknown", "unknown field; accepted: {accepted}",
+                        {"key": str(key), "accepted": ", ".join(sorted(cls.model_fields, key=lambda f: f != "name"))})
+        return data
+
+
+# ---------------------------------------------------------------- safe names
+
+NAME_RULE = ("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' "
+             "(it names directories and the MLflow experiment)")
+
+
+def is_safe_name(value: Any) -> bool:
+    """A name that can become part of a path: letters, digits, '.', '_', '-'; no separator, no '..'."""
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None and ".." not in value
+
+
+def check_name(value: Any) -> str:
+    if is_safe_name(value):
+        return value
+    raise invalid(NAME_RULE, value)
+
+
+SafeName = custom(check_name, {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                               "not": {"pattern": r"\.\."}})
+
+
+def _path_string(value: Any) -> str:
+    if isinstance(value, str) and value.strip() and "\0" not in value:
+        return value
+    raise invalid("must be a non-empty path", value)
+
+
+PathString = custom(_path_string, {"type": "string", "minLength": 1})
+
+
+# ---------------------------------------------------------------- dataset and model
+
+_DATASET_COMMON = ("root", "val_size", "train_subset", "split_seed", "download")
+_LOADER_ARGS = ("root", "download", "split_seed")
+
+
+class DatasetBase(Section):
+    root: Optional[PathString] = Field(
+        None, description="data directory; default $TUNE_PRUNE_DATA or ~/.cache/tune_prune/data")
+    val_size: Size = Field(0.1, description="validation examples held out of training: a count or a fraction")
+    train_subset: Optional[PositiveInt] = Field(
+        None, description="train on a fixed random subset of this many examples (validation and test are kept)")
+    split_seed: NonNegativeInt = Field(0, description="seeds the splits; the same for every trial of a sweep")
+    download: bool = Field(False, description="download the data if it is missing (needs internet)")
+
+
+def _signature_fields(fn: Callable[..., Any], skip: int | tuple[str, ...]) -> dict[str, Any]:
+    """The options a builder or loader accepts, as pydantic fields, read from its signature."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = list(inspect.signature(fn).parameters.values())
+    params = params[skip:] if isinstance(skip, int) else [p for p in params if p.name not in skip]
+    out = {}
+    for p in params:
+        default = p.default if p.default is not inspect.Parameter.empty else ...
+        if isinstance(default, tuple):
+            default = list(default)  # the JSON Schema default, as YAML would write it
+        out[p.name] = (hints.get(p.name, Any), Field(default))
+    return out
+
+
+def _first_line(fn: Callable[..., Any]) -> str:
+    return (inspect.getdoc(fn) or "").strip().splitlines()[0] if inspect.getdoc(fn) else ""
+
+
+def _dataset_models() -> list[type[Section]]:
+    from tune_prune.data import DATASETS
+
+    out = []
+    for name in DATASETS.names():
+        loader = DATASETS.get(name)
+        fields = _signature_fields(loader, _LOADER_ARGS)
+        out.append(create_model(f"Dataset_{name}", __base__=DatasetBase, __doc__=_first_line(loader),
+                                name=(Literal[name], Field(description="the dataset")), **fields))
+    return out
+
+
+def _model_models() -> list[type[Section]]:
+    from tune_prune.models import MODELS
+
+    out = []
+    for name in MODELS.names():
+        builder = MODELS.get(name)
+        fields = _signature_fields(builder, 2)  # after (in_shape, num_classes)
+        out.append(create_model(f"Model_{name}", __base__=Section, __doc__=_first_line(builder),
+                                name=(Literal[name], Field(description="the model")), **fields))
+    return out
+
+
+def _tagged(models: list[type[Section]]) -> Any:
+    return Annotated[Union[tuple(models)], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- training sections
+
+class PretrainSection(Section):
+    """Training of the dense model, once per (model, dataset, seed) and cached."""
+
+    epochs: PositiveInt = Field(30, description="epochs of dense training")
+    lr: PositiveFloat = Field(0.1, description="SGD learning rate (cosine-annealed)")
+    batch_size: PositiveInt = 128
+    momentum: NonNegativeFloat = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+
+
+class FinetuneSection(Section):
+    """Fine-tuning after every prune event: a fresh SGD optimizer, constant LR."""
+
+    lr: PositiveFloat = Field(0.01, description="constant learning rate (a strategy's lr axis overrides it)")
+    batch_size: PositiveInt = 128
+    momentum: NonNegativeFloat = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    min_delta: NonNegativeFloat = Field(0.0, description="patience: an improvement must exceed this")
+
+
+PolicyName = Literal[tuple(sorted(BUDGET_POLICIES))]  # type: ignore[valid-type]
+
+
+class BudgetSection(Section):
+    """Per-trial budget (part of every trial's key) and optional limits on the whole sweep."""
+
+    epochs: PositiveInt = Field(description="the most fine-tuning epochs one trial may spend, all events together")
+    policy: PolicyName = Field(
+        "carry_over", description="how the trial's epochs are shared between its events")
+    sweep_epochs: Optional[PositiveInt] = Field(
+        None, description="refuse the sweep if its planned epochs (pretraining included) exceed this")
+    sweep_accelerator_hours: Optional[PositiveFloat] = Field(
+        None, description="refuse the sweep if its planned GPU share x hours exceed this (needs epoch_seconds)")
+    epoch_seconds: Optional[PositiveFloat] = Field(
+        None, description="seconds one epoch takes on one trial's resources (time a --smoke-test run)")
+
+    @model_validator(mode="after")
+    def _hours_need_epoch_time(self) -> "BudgetSection":
+        if self.sweep_accelerator_hours is not None and self.epoch_seconds is None:
+            raise _at("budget.epoch_seconds", "is required with budget.sweep_accelerator_hours: the seconds one "
+                      "epoch takes on one trial's resources (time a --smoke-test run to measure it)")
+        return self
+
+
+class SearchSection(Section):
+    """grid: every combination. adaptive: Optuna samples per (strategy, target), ASHA stops the weak."""
+
+    mode: Literal["adaptive", "grid"] = "grid"
+    num_samples: PositiveInt = Field(8, description="adaptive: configurations sampled per (strategy, target)")
+    confirm_top: PositiveInt = Field(1, description="adaptive: best configurations re-run on every other seed")
+    grace_period: PositiveFloat = Field(1.0, description="adaptive: ASHA grace, in compression doublings")
+    reduction_factor: Annotated[int, Field(ge=2)] = 2
+
+
+def _channels_last(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise invalid("must be auto, true or false", value)
+
+
+ChannelsLast = custom(_channels_last, {"enum": ["auto", True, False]})
+AmpName = Literal[AMP_CHOICES]  # type: ignore[valid-type]
+
+
+class ExecutionSection(Section):
+    """Speed choices, resolved per device; not part of trial keys."""
+
+    amp: AmpName = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: ChannelsLast = Field(
+        "auto", description="auto: NHWC for conv models on CUDA")
+
+
+class SpeedSection(Section):
+    """How each trial's final model is timed against the dense one."""
+
+    enabled: bool = True
+    batch_size: PositiveInt = Field(256, description="the throughput batch; latency is always batch 1")
+    warmup: NonNegativeInt = 3
+    repeats: PositiveInt = 15
+
+
+class ResourcesSection(Section):
+    """Ray resources of each trial."""
+
+    cpu: PositiveFloat = 1.0
+    gpu: NonNegativeFloat = Field(0.0, description="a fraction packs trials on one GPU (0.25: four)")
+
+    @model_validator(mode="after")
+    def _whole_or_fraction(self) -> "ResourcesSection":
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise _at("resources.gpu", f"must be a fraction <= 1 (0.25 packs 4 trials on a GPU) or a whole "
+                      f"number of GPUs, got {self.gpu}")
+        return self
+
+
+# ---------------------------------------------------------------- strategies
+
+#: knob -> (check of one value, its JSON Schema, integer?)
+def _fraction(v: Any) -> Any:
+    if is_number(v) and 0 < v < 1:
+        return v
+    raise invalid("must be a number in (0, 1)", v)
+
+
+def _positive(v: Any) -> Any:
+    if is_number(v) and v > 0:
+        return v
+    raise invalid("must be a number > 0", v)
+
+
+def _patience(v: Any) -> Any:
+    if v is None or (is_int(v) and v >= 0):
+        return v
+    raise invalid("must be an integer >= 0 (epochs without improvement), or null for fixed epochs", v)
+
+
+def _epochs(v: Any) -> Any:
+    if is_int(v) and v >= 1:
+        return v
+    raise invalid("must be an integer >= 1", v)
+
+
+_KNOB_KINDS: dict[str, tuple[Callable[[Any], Any], dict[str, Any], bool]] = {
+    "fraction": (_fraction, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, False),
+    "positive": (_positive, {"type": "number", "exclusiveMinimum": 0}, False),
+    "patience": (_patience, {"type": ["integer", "null"], "minimum": 0}, True),
+    "epochs": (_epochs, {"type": "integer", "minimum": 1}, True),
+}
+_KNOB_HELP = {
+    "step": ("fraction", "constant: sparsity removed per event, as a share of the original weights"),
+    "rate0": ("fraction", "geometric/hybrid: the nominal per-event rate; the exact rate lands on the target"),
+    "first_fraction": ("fraction", "hybrid: the first event reaches this fraction of the target"),
+    "patience": ("patience", "epochs without val improvement before the next event; null: fixed epochs"),
+    "first_patience": ("patience", "hybrid: patience after the first (large) event"),
+    "epochs_per_event": ("epochs", "fixed epochs per event, or the per-event cap with patience"),
+    "lr": ("positive", "fine-tuning learning rate for this strategy (overrides finetune.lr)"),
+}
+COMMON_STRATEGY_KEYS = ("patience", "epochs_per_event", "lr")
+EXTRA_STRATEGY_KEYS = {"hybrid": ("first_patience",)}
+RANGE_KEYS = ("low", "high", "log")
+
+
+def knob_kind(key: str) -> tuple[Callable[[Any], Any], bool]:
+    check, _, integer = _KNOB_KINDS[_KNOB_HELP[key][0]]
+    return check, integer
+
+
+def _knob_type(key: str) -> Any:
+    check, schema, integer = _KNOB_KINDS[_KNOB_HELP[key][0]]
+
+    def validate(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return _validate_range(value, check, integer, key)
+        if isinstance(value, list):
+            if not value:
+                raise invalid("must not be an empty list", value)
+            for v in value:
+                check(v)
+            return value
+        return check(value)
+
+    rng = {"type": "object", "additionalProperties": False, "required": ["low", "high"],
+           "properties": {"low": schema, "high": schema, "log": {"type": "boolean"}},
+           "description": "adaptive search only: a range to sample from"}
+    return custom(validate, {"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}, rng]})
+
+
+def _validate_range(value: Mapping[str, Any], check: Callable[[Any], Any], integer: bool, key: str) -> dict:
+    unknown = [k for k in value if k not in RANGE_KEYS]
+    if unknown:
+        raise invalid(f"a range takes low, high and log only (unknown: {', '.join(map(str, unknown))})", dict(value))
+    if "low" not in value or "high" not in value:
+        raise invalid("a range needs low and high, e.g. {low: 0.05, high: 0.3}", dict(value))
+    low, high = check(value["low"]), check(value["high"])
+    if integer and not (is_int(low) and is_int(high)):
+        raise invalid(f"{key} ranges take integers", f"{low!r}..{high!r}")
+    if low is None or high is None or not low < high:
+        raise invalid("a range needs low < high", f"{low!r}..{high!r}")
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise invalid("range log must be true or false", log)
+    if log and low <= 0:
+        raise invalid("a log range needs low > 0", low)
+    return dict(value)
+
+
+def _strategy_model(schedule: str) -> type[Section]:
+    keys = SCHEDULE_KNOBS[schedule] + COMMON_STRATEGY_KEYS + EXTRA_STRATEGY_KEYS.get(schedule, ())
+    fields = {}
+    for k in keys:
+        required = k in SCHEDULE_KNOBS[schedule]
+        fields[k] = (_knob_type(k), Field(... if required else None, description=_KNOB_HELP[k][1]
+                                          + " (a value, a list of values for the grid, or {low, high, log})"))
+    doc = f"The {schedule} schedule's knobs and fine-tuning settings; lists are grid axes."
+    return create_model(f"Strategy_{schedule}", __base__=Section, __doc__=doc, **fields)
+
+
+def _strategies_model() -> type[Section]:
+    fields = {name: (Optional[_strategy_model(name)], None) for name in sorted(SCHEDULE_KNOBS)}
+    model = create_model("Strategies", __base__=Section,
+                         __doc__="Schedules to compare, each with its knobs (lists are grid axes).", **fields)
+    return model
+
+
+# ---------------------------------------------------------------- the whole spec
+
+def _sparsity(v: Any) -> float:
+    if not is_number(v) or not 0.0 <= v < 1.0:
+        raise invalid("must be a sparsity in [0, 1)", v)
+    if v == 0:
+        raise invalid("0 is the dense baseline, which every sweep runs already; list sparsities in (0, 1)", v)
+    return float(v)
+
+
+def _build_spec_model() -> type[Section]:
+    top_keys = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
+                "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
+                "structure", "speed", "execution")
+
+    class SpecBase(Section):
+        @model_validator(mode="after")
+        def _cross_checks(self) -> Any:
+            if len(set(self.target_sparsities)) != len(self.target_sparsities):
+                raise _at("target_sparsities", f"has duplicates: {list(self.target_sparsities)}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise _at("seeds", f"has duplicates: {list(self.seeds)}")
+            chosen = {k: v for k, v in self.strategies if v is not None}
+            if not chosen:
+                raise _at("strategies", f"must map schedule names ({', '.join(sorted(SCHEDULE_KNOBS))}) "
+                          "to their knobs")
+            adaptive = self.search.mode == "adaptive"
+            for schedule, strat in chosen.items():
+                for key, value in strat:
+                    if isinstance(value, Mapping) and not adaptive:
+                        raise _at(f"strategies.{schedule}.{key}", "ranges ({low, high}) need search.mode: "
+                                  "adaptive; in a grid give a list of values")
+                patience = strat.patience if isinstance(strat.patience, list) else [strat.patience]
+                if None in patience and strat.epochs_per_event is None:
+                    raise _at(f"strategies.{schedule}.epochs_per_event", "is required for fixed-epoch "
+                              "fine-tuning (patience: null); or give an integer patience")
+            return self
+
+    smoke_schema = {"type": "object", "propertyNames": {"enum": list(top_keys)},
+                    "description": "overrides applied by --smoke-test (a tiny run of the same code path)"}
+    fields: dict[str, Any] = {
+        "name": (SafeName, Field(description="the sweep's name: MLflow experiment and run directory names")),
+        "dataset": (_tagged(_dataset_models()), Field(description="the data; its own options beside name")),
+        "model": (_tagged(_model_models()), Field(description="the network; its own options beside name")),
+        "pretrain": (PretrainSection, PretrainSection()),
+        "finetune": (FinetuneSection, FinetuneSection()),
+        "budget": (BudgetSection, ...),
+        "target_sparsities": (Annotated[list[custom(_sparsity, {"type": "number", "exclusiveMinimum": 0,  # type: ignore[valid-type]
+                                                                   "exclusiveMaximum": 1})],
+                                        Field(min_length=1)],
+                              Field(description="sparsities to compare at, each in (0, 1)")),
+        "seeds": (Annotated[list[NonNegativeInt], Field(min_length=1)], Field([0], description="one trial per seed")),
+        "strategies": (_strategies_model(), ...),
+        "resources": (ResourcesSection, ResourcesSection()),
+        "max_failures": (NonNegativeInt, Field(0, description="retries of a failed trial from its last checkpoint "
+                                               "(Ray's -1, retry forever, is not accepted)")),
+        "storage_path": (PathString, Field("tune_prune_runs", description="Ray Tune results and checkpoints")),
+        "cache_dir": (PathString, Field(".tune_prune_cache", description="dense models and trial state")),
+        "search": (SearchSection, SearchSection()),
+        "criterion": (Optional[Literal[tuple(sorted(CRITERIA))]],  # type: ignore[valid-type]
+                      Field(None, description="weight or channel importance; default global_magnitude "
+                            "(unstructured) or l2_magnitude (structured)")),
+        "structure": (Literal[STRUCTURES], Field("unstructured", description="unstructured: masks; "  # type: ignore[valid-type]
+                      "structured: whole channels removed")),
+        "speed": (SpeedSection, SpeedSection()),
+        "execution": (ExecutionSection, ExecutionSection()),
+        "smoke_test": (Optional[dict[str, Any]], Field(None, json_schema_extra=smoke_schema)),
+    }
+    return create_model("SweepSpecFile", __base__=SpecBase,
+                        __doc__="A tune_prune sweep spec: what to prune, how, under which budget.", **fields)
+
+
+_SPEC_MODEL: type[Section] | None = None
+
+
+def spec_model() -> type[Section]:
+    """The spec's pydantic model (built once: it reads the model and dataset registries)."""
+    global _SPEC_MODEL
+    if _SPEC_MODEL is None:
+        _SPEC_MODEL = _build_spec_model()
+    return _SPEC_MODEL
+
+
+TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
+            "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
+            "structure", "speed", "execution", "smoke_test")
+
+
+def json_schema() -> dict[str, Any]:
+    """The spec's JSON Schema (draft 2020-12), for editors and other tools."""
+    schema = spec_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA_ID
+    schema["title"] = "tune_prune sweep spec"
+    return schema
+
+
+# ---------------------------------------------------------------- errors
+
+def _path(loc: tuple[Any, ...], raw: Any) -> str:
+    parts: list[str] = []
+    node = raw
+    for i, item in enumerate(loc):
+        # a tagged union puts the tag (the model's or dataset's name) into the location: drop it
+        if i == 1 and loc[0] in ("model", "dataset") and isinstance(node, Mapping) and item == node.get("name"):
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+        if isinstance(node, Mapping):
+            node = node.get(item)
+        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            node = node[item]
+        else:
+            node = None
+    return "".join(parts) or "spec"
+
+
+_PLAIN = {
+    "int_type": "must be an integer", "int_from_float": "must be an integer", "int_parsing": "must be an integer",
+    "float_type": "must be a number", "float_parsing": "must be a number", "bool_type": "must be true or false",
+    "string_type": "must be a string", "list_type": "must be a list",
+    "dict_type": "must be a mapping", "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+}
+
+
+def explain(err: Mapping[str, Any], raw: Any) -> SchemaError:
+    """One pydantic error as a SchemaError with our field path and wording."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "tune_prune_at":
+        return SchemaError(ctx["path"], ctx["message"])
+    path = _path(tuple(err["loc"]), raw)
+    if kind == "tune_prune_unknown":
+        accepted = ctx["accepted"]
+        return SchemaError(f"{path}.{ctx['key']}" if path != "spec" else ctx["key"], f"unknown field; accepted: {accepted}")
+    if kind == "missing":
+        return SchemaError(path, "is required")
+    if kind == "union_tag_invalid":
+        what = path.split(".")[0]
+        accepted = ", ".join(sorted(t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")))
+        return SchemaError(f"{path}.name", f"unknown {what} {shown(ctx.get('tag'))}; accepted: {accepted}")
+    if kind == "union_tag_not_found":
+        return SchemaError(f"{path}.name", "is required")
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
+        return SchemaError(path, f"unknown value {shown(value)}; accepted: {expected.replace(chr(39), '')}")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        bound = f"{bound:g}" if is_number(bound) else bound
+        what = "an integer" if is_int(next(iter(ctx.values()))) and is_int(value) else "a number"
+        return SchemaError(path, f"must be {what} {op} {bound}, got {shown(value)}")
+    if kind == "too_short":
+        return SchemaError(path, "must not be empty")
+    if kind in _PLAIN:
+        return SchemaError(path, f"{_PLAIN[kind]}, got {type(value).__name__} {shown(value)}"
+                           if kind.startswith(("dict", "model")) else f"{_PLAIN[kind]}, got {shown(value)}")
+    msg = str(err.get("msg", kind))
+    return SchemaError(path, msg.removeprefix("Value error, "))
+
+
+def validate_raw(raw: Any) -> Section:
+    """Validate a raw spec mapping; raise SchemaError for the first problem."""
+    if not isinstance(raw, Mapping):
+        raise SchemaError("spec", f"must be a mapping of fields ({', '.join(TOP_KEYS)}), got {type(raw).__name__}")
+    try:
+        return spec_model().model_validate(dict(raw))
+    except ValidationError as exc:
+        raise explain(exc.errors(include_url=False)[0], raw) from None
