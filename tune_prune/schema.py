@@ -42,7 +42,6 @@ from tune_prune.pruning.budget import BUDGET_POLICIES
 from tune_prune.pruning.criteria import CRITERIA
 from tune_prune.pruning.schedules import SCHEDULE_KNOBS
 
-SCHEMA_ID = "https://tune-prune.invalid/sweep-spec.schema.json"
 STRUCTURES = ("structured", "unstructured")
 DEFAULT_CRITERION = {"unstructured": "global_magnitude", "structured": "l2_magnitude"}
 AMP_CHOICES = ("auto", "bf16", "fp32")
@@ -467,10 +466,15 @@ TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "targe
 
 
 def json_schema() -> dict[str, Any]:
-    """The spec's JSON Schema (draft 2020-12), for editors and other tools."""
+    """The spec's JSON Schema, for editors and other tools.
+
+    Declared as draft-07, which every YAML editor plugin reads: what pydantic writes
+    here ($defs with JSON-pointer $refs, const, anyOf/oneOf) means the same there.
+    Cross-field rules (does a schedule fit its budget, are the data files there)
+    are beyond a schema: ``tune-prune validate`` checks those.
+    """
     schema = spec_model().model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = SCHEMA_ID
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema["title"] = "tune_prune sweep spec"
     return schema
 
