@@ -1,7 +1,9 @@
 """The quickstart smoke sweep on real local Ray and a real SQLite MLflow store."""
 
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -119,12 +121,37 @@ def test_frontier_command_on_unknown_experiment_exits_2(sweep, capsys):
     assert "no MLflow experiment 'nope'" in capsys.readouterr().err
 
 
-def test_second_sweep_reuses_the_cached_dense_models(sweep, quickstart_path):
-    work, spec, outcome = sweep
-    from tune_prune.dense import load
+def test_second_sweep_reuses_the_cached_dense_models(sweep, quickstart_path, monkeypatch):
+    """A second, smaller sweep on the same dense settings trains no dense model: it loads the
+    first sweep's file (untouched) and its dense baseline scores exactly what the first did."""
+    import io
 
-    for t in spec.trials():
-        assert load(work / ".tune_prune_cache", t.dense_key) is not None
+    import yaml
+
+    from tune_prune.dense import paths
+    from tune_prune.spec import parse_spec
+    from tune_prune.sweep import run_sweep
+
+    work, spec, outcome = sweep
+    (dense_key,) = {t.dense_key for t in spec.trials()}
+    weights, meta = paths(work / ".tune_prune_cache", dense_key)
+    stamps = (weights.stat().st_mtime_ns, meta.stat().st_mtime_ns)
+
+    raw = yaml.safe_load(quickstart_path.read_text())
+    one = {"one_shot": {"patience": 1}}
+    # its own experiment, so the tests below still find the first sweep as the newest
+    raw.update(name="quickstart_cache_reuse", strategies=one)
+    raw["smoke_test"].update(target_sparsities=[0.5], strategies=one)
+    again = parse_spec(raw, smoke_test=True)
+    assert {t.dense_key for t in again.trials()} == {dense_key} and len(again.trials()) == 2
+
+    monkeypatch.chdir(work)
+    said = io.StringIO()
+    second = run_sweep(again, tracking_uri=outcome.tracking_uri, smoke_test=True, out=said)
+    assert second.failed == []
+    assert "(0 trained, 1 from cache)" in said.getvalue(), said.getvalue()
+    assert (weights.stat().st_mtime_ns, meta.stat().st_mtime_ns) == stamps
+    assert second.dense["test_accuracy_mean"] == outcome.dense["test_accuracy_mean"]
 
 
 def test_recommend_json_answers_from_the_recorded_sweep(sweep, capsys):
@@ -133,10 +160,16 @@ def test_recommend_json_answers_from_the_recorded_sweep(sweep, capsys):
                  "--sparsity", "0.9", "--budget-epochs", str(spec.budget.epochs), "--json"])
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["status"] in ("ok", "single_strategy")
-    assert payload["winner"]["strategy"] in {"one_shot", "constant", "geometric", "hybrid"}
+    assert payload["sweep_run_id"] == outcome.parent_run_id
+    # every trial is capped by the budget, so all four strategies qualify at 0.9
+    assert payload["status"] == "ok"
+    # the winner is the frontier's best validation accuracy at 0.9 (ties: cheaper first)
+    at = outcome.frontier[outcome.frontier.sparsity_level == 0.9]
+    best = at.sort_values(["val_accuracy_mean", "cost_epochs_mean"], ascending=[False, True]).iloc[0]
+    assert payload["winner"]["strategy"] == best.strategy
+    assert payload["winner"]["test_accuracy_mean"] == pytest.approx(best.test_accuracy_mean)
     assert payload["winner"]["sparsity_mean"] >= 0.9 - 1e-4
-    assert payload["comparison"] is None or payload["comparison"]["method"] == "none"  # one seed in the smoke test
+    assert payload["comparison"]["method"] == "none"  # one seed in the smoke test: no test possible
 
 
 def test_recommend_beyond_the_data_names_nearest_points(sweep, capsys):
@@ -155,10 +188,26 @@ def test_recommend_refuses_a_bad_sparsity(sweep, capsys):
     assert "--sparsity: must be in (0, 1)" in capsys.readouterr().err
 
 
-def test_report_command_writes_files_and_logs_them(sweep, tmp_path):
+def test_report_command_writes_files_and_logs_them(sweep, tmp_path, capsys):
     _, spec, outcome = sweep
+    client = MlflowClient(outcome.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
     out = tmp_path / "rep"
     assert main(["report", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri, "--out", str(out)]) == 0
+    assert f"logged to sweep run {outcome.parent_run_id}" in capsys.readouterr().out
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Frontier" in html
+    # the command's own title (the sweep's report is titled after model and dataset)
+    assert f"{spec.name}: sweep {parent.info.run_name}" in html
     assert (out / "budget.png").stat().st_size > 1000
+    # what the sweep's parent run now holds is what the command wrote, byte for byte
+    written = sorted(p.name for p in out.iterdir())
+    assert {"report.html", "frontier.csv", "budget_matched.csv", "pareto.csv", "frontier.png", "cost.png",
+            "budget.png"} <= set(written)
+    logged = Path(client.download_artifacts(outcome.parent_run_id, "", str(tmp_path / "logged")))
+    for name in written:
+        assert (logged / name).read_bytes() == (out / name).read_bytes(), name
+    # the CSVs hold the recorded sweep's frontier, not an empty table
+    front = pd.read_csv(out / "frontier.csv")
+    assert set(front["strategy"]) == set(outcome.frontier["strategy"])
+    assert sorted(front["test_accuracy_mean"].round(6)) == sorted(outcome.frontier["test_accuracy_mean"].round(6))
