@@ -26,14 +26,18 @@ def test_model_registry_keys():
 def test_every_model_builds_runs_and_trains(name, shape):
     torch.manual_seed(0)
     model = build_model(name, shape, 10)
-    x = torch.randn(2, *shape)
+    x, y = torch.randn(4, *shape), torch.tensor([0, 3, 7, 9])
     out = model(x)
-    assert out.shape == (2, 10)
-    out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    assert out.shape == (4, 10)
+    loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    # every parameter takes part: a gradient that is missing or all zero would leave it untrained
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+    torch.optim.SGD(model.parameters(), lr=0.01).step()
+    assert nn.functional.cross_entropy(model(x), y) < loss  # one step on the batch lowers its loss
     model.eval()
     with torch.no_grad():
-        assert model(x).shape == (2, 10)
+        assert model(x).shape == (4, 10)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
