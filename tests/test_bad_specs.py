@@ -45,13 +45,13 @@ _IMG = {"name": "imagefolder", "root": "{tmp}/images"}
 CASES: dict[str, tuple[Any, str]] = {
     # the mistakes issue 9 lists
     "model option typo": (_edit(("model", {"name": "mlp", "hiden": [16]})),
-                          "model.hiden: unknown field; accepted: name, hidden"),
+                          "model.hiden: unknown field; accepted: name, source, hidden, checkpoint"),
     "model option value": (_edit(("model", {"name": "mlp", "hidden": [0]})),
                            "model.hidden: must be a non-empty list of ints >= 1"),
     "imagefolder root missing": (_edit(("dataset", {**_IMG, "root": "{tmp}/nowhere"})),
                                  "dataset.root: {tmp}/nowhere is not a directory"),
     "not UTF-8": (_bytes(_QS.encode().replace(b"quickstart", b"qu\xefckstart")), "spec: {spec} is not UTF-8 text"),
-    "duplicate key": (_text(_QS + "seeds: [0]\n"), "spec: {spec} has the key 'seeds' twice, at lines 33 and"),
+    "duplicate key": (_text(_QS + "seeds: [0]\n"), "spec: {spec} has the key 'seeds' twice, at lines 34 and"),
     "name escapes the runs dir": (_edit(("name", "../../somewhere")), "name: must be 1-100 letters"),
     "max_failures -1": (_edit(("max_failures", -1)), "max_failures: must be an integer >= 0, got -1"),
     # the file itself
@@ -74,7 +74,7 @@ CASES: dict[str, tuple[Any, str]] = {
     "dataset is a string": (_edit(("dataset", "digits")), "dataset: must be a mapping"),
     # dataset
     "unknown dataset": (_edit(("dataset.name", "mnist")), "dataset.name: unknown dataset 'mnist'; accepted: cifar10"),
-    "dataset option typo": (_edit(("dataset.test_sise", 0.2)), "dataset.test_sise: unknown field; accepted: name, root, val_size"),
+    "dataset option typo": (_edit(("dataset.test_sise", 0.2)), "dataset.test_sise: unknown field; accepted: name, test_size, root"),
     "dataset option value": (_edit(("dataset.test_size", 1.5)), "dataset.test_size: must be an int >= 1 (a count)"),
     "val_size zero": (_edit(("dataset.val_size", 0)), "dataset.val_size: must be an int >= 1 (a count)"),
     "train_subset zero": (_edit(("dataset.train_subset", 0)), "dataset.train_subset: must be an integer >= 1"),
@@ -145,7 +145,7 @@ CASES: dict[str, tuple[Any, str]] = {
     "zero learning rate": (_edit(("finetune.lr", 0)), "finetune.lr: must be a number > 0, got 0"),
     "finetune option typo": (_edit(("finetune.learning_rate", 0.1)),
                              "finetune.learning_rate: unknown field; accepted: lr, batch_size"),
-    "pretrain epochs zero": (_edit(("pretrain.epochs", 0)), "pretrain.epochs: must be an integer >= 1"),
+    "pretrain epochs zero": (_edit(("pretrain.epochs", 0)), "pretrain.epochs: 0 means: use the starting weights"),
     "zero cpus": (_edit(("resources.cpu", 0)), "resources.cpu: must be a number > 0"),
     "gpu fraction above one": (_edit(("resources.gpu", 1.5)), "resources.gpu: must be a fraction <= 1"),
     "unknown criterion": (_edit(("criterion", "random")), "criterion: unknown value 'random'; accepted: "),

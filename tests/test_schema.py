@@ -86,7 +86,8 @@ def test_model_and_dataset_options_come_from_their_builders(printed):
     from tune_prune.models import MODELS
 
     defs = printed["$defs"]
-    assert set(defs["Model_mlp"]["properties"]) == {"name", "hidden"}
+    assert {"name", "hidden", "checkpoint"} <= set(defs["Model_mlp"]["properties"])
+    assert "width" not in defs["Model_mlp"]["properties"]
     assert defs["Model_small_cnn"]["properties"]["width"]["minimum"] == 1
     assert {"image_size", "test_root", "test_size", "root"} <= set(defs["Dataset_imagefolder"]["properties"])
     assert {f"Model_{n}" for n in MODELS.names()} <= set(defs)

@@ -182,13 +182,18 @@ def test_spec_accepts_structure_and_refuses_unknown_ones(quickstart_path):
 
 
 def test_unstructured_trial_keys_are_unchanged_by_the_structure_field(quickstart_path):
-    """Keys published before ``structure`` existed must stay, or old sweeps could not resume."""
+    """Keys published before ``structure`` (and the model sources, prune patterns) existed must
+    stay, or old sweeps could not resume: the key is the hash of the old fields only."""
     from tune_prune.spec import _hash, load_spec
 
     for trial in load_spec(quickstart_path).trials()[:5]:
         d = trial.to_dict()
-        del d["structure"]
+        for added in ("structure", "prune_include", "prune_exclude"):
+            del d[added]
+        d["model"] = {"name": d["model"]["name"], "options": d["model"]["options"]}
         assert trial.key == _hash(d)
+        assert trial.dense_key == _hash({"model": d["model"], "dataset": d["dataset"], "seed": d["seed"],
+                                         "pretrain": d["pretrain"]})
 
 
 def test_every_criterion_a_spec_accepts_has_a_structured_form():

@@ -309,6 +309,26 @@ def check_data(name: str, *, root: str | None = None, download: bool = False, **
         check(root=root, download=download, **{k: v for k, v in options.items() if k in own})
 
 
+#: (C, H, W) and class count of the datasets whose shape is fixed.
+_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+
+
+def describe(name: str, *, root: str | None = None, **options: object) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) of one input and the number of classes of dataset ``name``, without loading it."""
+    if name in _SHAPES:
+        return _SHAPES[name]
+    if name == "imagefolder":
+        size = int(options.get("image_size", 32))  # type: ignore[call-overload]
+        classes = _check_image_tree(str(root), "dataset.root") if root is not None else []
+        return (3, size, size), len(classes)
+    raise ValueError(f"dataset.name: no shape known for {name!r}")
+
+
 def _loader_options(loader: Callable[..., RawDataset]) -> list[str]:
     params = inspect.signature(loader).parameters
     return sorted(p for p in params if p not in _LOADER_ARGS)

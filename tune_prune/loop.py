@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_prune.data import DataBundle
-from tune_prune.models import build_model
+from tune_prune import models
 from tune_prune.pruning import budget as budget_policies
 from tune_prune.pruning import criteria
 from tune_prune.pruning.masks import MaskSet
@@ -146,8 +146,25 @@ def fast_path_for(trial: TrialSpec, data: DataBundle, device: torch.device,
                   execution: dict[str, Any] | None) -> FastPath:
     """Resolve a spec's ``execution`` section for ``trial``'s model on ``device``."""
     execution = execution or {}
-    probe = build_model(trial.model.name, data.in_shape, data.num_classes, **trial.model.kwargs())  # conv or not
+    probe = models.build(trial.model, data.in_shape, data.num_classes)  # conv or not
     return FastPath.resolve(execution.get("amp", "auto"), execution.get("channels_last", "auto"), device, probe)
+
+
+def model_view(trial: TrialSpec, data: DataBundle) -> DataBundle:
+    """``data`` normalised the way ``trial``'s model expects: its weights' own statistics when
+    they define them (or model.normalize says so), else the training split's."""
+    import dataclasses
+
+    norm = models.preferred_normalize(trial.model)
+    if norm is None:
+        return data
+    mean, std = norm
+    channels = data.in_shape[0]
+    if len(mean) != channels:
+        if channels != 1:
+            raise ValueError(f"model.normalize: {len(mean)} channel statistics for {channels}-channel images")
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return dataclasses.replace(data, mean=tuple(mean), std=tuple(std))
 
 
 def pick_device(gpu_share: float) -> torch.device:
@@ -252,10 +269,10 @@ def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> t
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def new_model(trial_or_model: TrialSpec, data: DataBundle, seed: int) -> nn.Module:
+def new_model(trial: TrialSpec, data: DataBundle, seed: int, weights: bool = False) -> nn.Module:
+    """``trial``'s network for ``data``: a seeded random init, or (``weights``) its starting weights."""
     torch.manual_seed(seed)
-    m = trial_or_model.model
-    return build_model(m.name, data.in_shape, data.num_classes, **m.kwargs())
+    return models.build(trial.model, data.in_shape, data.num_classes, weights=weights)
 
 
 def pretrain_dense(
@@ -270,7 +287,9 @@ def pretrain_dense(
     SGD with momentum and a cosine learning-rate decay over the pretraining epochs.
     """
     cfg: PretrainSpec = trial.pretrain
-    model = fast.model(new_model(trial, data, trial.seed).to(device))
+    model = fast.model(new_model(trial, data, trial.seed, weights=True).to(device))
+    if cfg.epochs == 0:
+        return _as_is(model, data, fast)
     opt = _sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     start = time.perf_counter()
@@ -294,6 +313,15 @@ def pretrain_dense(
     )
     # contiguous: the cache holds one layout whatever the device preferred
     return {k: v.detach().cpu().contiguous() for k, v in best_state.items()}, result
+
+
+def _as_is(model: nn.Module, data: DataBundle, fast: FastPath) -> tuple[dict[str, torch.Tensor], PretrainResult]:
+    """The starting weights taken as the dense model (pretrain.epochs: 0): evaluated once, not trained."""
+    start = time.perf_counter()
+    val, test = evaluate(model, data, "val", fast=fast), evaluate(model, data, "test", fast=fast)
+    result = PretrainResult(epochs=0, wall_seconds=time.perf_counter() - start, val_accuracy=val.accuracy,
+                            test_accuracy=test.accuracy, best_epoch=0)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, result
 
 
 def run_trial(
@@ -409,8 +437,9 @@ def _pruner(trial: TrialSpec, model: nn.Module, data: DataBundle, device: torch.
             state: dict[str, Any] | None = None) -> MaskSet | ChannelPruner:
     """Masks (unstructured) or a channel pruner (structured) for ``model``, restored from ``state``."""
     if trial.structure == STRUCTURED:
-        return ChannelPruner(model, torch.zeros(1, *data.in_shape, device=device), state)
-    masks = MaskSet(model)
+        return ChannelPruner(model, torch.zeros(1, *data.in_shape, device=device), state,
+                             include=trial.prune_include, exclude=trial.prune_exclude)
+    masks = MaskSet(model, trial.prune_include, trial.prune_exclude)
     if state is not None:
         masks.load_state_dict(state)
     return masks

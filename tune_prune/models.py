@@ -184,3 +184,179 @@ def resnet18(in_shape: tuple[int, int, int], num_classes: int, width: PositiveIn
     """CIFAR ResNet-18: 4 stages x 2 blocks of 64/128/256/512 (x width/64), ~11.2M params."""
     w = _positive_int(width, "model.width")
     return ResNet(in_shape[0], num_classes, widths=(w, 2 * w, 4 * w, 8 * w), blocks=(2, 2, 2, 2))
+
+
+def import_timm():
+    """timm, imported after torchvision's CPU shim (timm imports torchvision at import time)."""
+    from tune_prune._torchvision import import_torchvision
+
+    import_torchvision()
+    import timm
+
+    return timm
+
+
+# --------------------------------------------------------------------------- model sources
+
+#: Normalisation the ImageNet-trained library weights expect (torchvision's and most of timm's).
+IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def import_python_builder(target: str) -> Callable[..., nn.Module]:
+    """``module:function`` -> the function. The working directory is importable, as for ``python -m``.
+
+    Raises ValueError naming model.name when the module or the function cannot be found.
+    """
+    import importlib
+    import os
+    import sys
+
+    module_name, _, fn_name = target.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        # Ray workers and the `tune-prune` script do not put the working directory on
+        # the path by themselves; `python -m` does. Same rule everywhere.
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model.name: cannot import {module_name!r} ({exc}); it must be importable from the "
+                         f"working directory ({cwd}) or an installed package") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"model.name: {module_name} has no function {fn_name!r}")
+    return fn
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Give ``model`` a fresh classifier (its last nn.Linear) with ``num_classes`` outputs, if it differs."""
+    heads = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise ValueError("model: has no nn.Linear classifier whose outputs could be set to the dataset's classes")
+    name, head = heads[-1]
+    if head.out_features != num_classes:
+        model.set_submodule(name, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+    return model
+
+
+def _library_error(what: str, exc: Exception) -> RuntimeError:
+    return RuntimeError(f"{what}: could not fetch the library weights ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]}). Where there is no internet, download them once "
+                        "elsewhere and give the file as model.checkpoint instead")
+
+
+def build(spec, in_shape: tuple[int, int, int], num_classes: int, *, weights: bool = False) -> nn.Module:
+    """Build the network a ModelSpec describes, for ``num_classes`` outputs.
+
+    ``weights=False`` gives the architecture with a random init (what a trial then
+    loads its dense or pruned state into); ``weights=True`` gives the starting point of
+    the dense model: the library weights (head replaced when the classes differ) or
+    the checkpoint, loaded strictly.
+    """
+    source, opts = spec.source, spec.kwargs()
+    if source == "builtin":
+        model = build_model(spec.name, in_shape, num_classes, **opts)
+    elif source == "torchvision":
+        from tune_prune._torchvision import import_torchvision
+
+        tv = import_torchvision()
+        kwargs = dict(opts.get("kwargs", {}))
+        if weights and opts.get("weights"):
+            try:
+                model = tv.models.get_model(spec.name, weights=opts["weights"], **kwargs)
+            except (OSError, RuntimeError) as exc:  # URLError is an OSError
+                raise _library_error(f"torchvision {spec.name} {opts['weights']}", exc) from None
+            model = _replace_head(model, num_classes)
+        else:
+            model = tv.models.get_model(spec.name, weights=None, num_classes=num_classes, **kwargs)
+    elif source == "timm":
+        timm = import_timm()
+        pretrained = bool(weights and opts.get("pretrained"))
+        try:
+            model = timm.create_model(spec.name, pretrained=pretrained, num_classes=num_classes,
+                                      **opts.get("kwargs", {}))
+        except (OSError, RuntimeError) as exc:
+            if not pretrained:
+                raise
+            raise _library_error(f"timm {spec.name} pretrained", exc) from None
+    elif source == "python":
+        fn = import_python_builder(spec.name)
+        kwargs = dict(opts.get("kwargs", {}))
+        if "num_classes" in inspect.signature(fn).parameters:
+            kwargs.setdefault("num_classes", num_classes)
+        model = fn(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model.name: {spec.name} returned {type(model).__name__}, not an nn.Module")
+    else:
+        raise ValueError(f"model.source: unknown source {source!r}")
+    if weights and spec.checkpoint is not None:
+        model.load_state_dict(load_checkpoint(spec.checkpoint, spec.checkpoint_key))
+    return model
+
+
+def load_checkpoint(path: str, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict in a checkpoint file: the file itself, or the dict under ``key``.
+
+    Without ``key`` a dict holding exactly one of state_dict / model / model_state_dict
+    / state is unwrapped; a DataParallel "module." prefix on every key is dropped.
+    Only tensors and plain containers are unpickled (weights_only).
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f"model.checkpoint: {path} holds a {type(obj).__name__}, not a state_dict")
+    if key is not None:
+        if key not in obj:
+            raise ValueError(f"model.checkpoint_key: {key!r} is not in {path}; its keys: "
+                             f"{', '.join(map(str, list(obj)[:12]))}")
+        obj = obj[key]
+    elif not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = [k for k in ("state_dict", "model", "model_state_dict", "state") if isinstance(obj.get(k), dict)]
+        if len(found) != 1:
+            raise ValueError(f"model.checkpoint_key: {path} is a dict of {', '.join(map(str, list(obj)[:12]))}; "
+                             "name the key that holds the state_dict")
+        obj = obj[found[0]]
+    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def checkpoint_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` does not fit ``model`` (first few mismatching tensors), or None if it fits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} is {list(state[k].shape)} in the checkpoint but {list(own[k].shape)} in the model"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    if unexpected:
+        parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                     + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""))
+    if shapes:
+        parts.append("; ".join(shapes[:2]) + (f" and {len(shapes) - 2} more" if len(shapes) > 2 else ""))
+    return "; ".join(parts) or None
+
+
+def preferred_normalize(spec) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) the model's inputs should be normalised with, or None for the data's own statistics."""
+    norm = spec.normalize
+    if norm == "data":
+        return None
+    if norm == "imagenet":
+        return IMAGENET_NORMALIZE
+    if norm is not None:
+        d = dict(norm)
+        return tuple(d["mean"]), tuple(d["std"])
+    opts = spec.kwargs()
+    if spec.source == "torchvision" and opts.get("weights"):
+        from tune_prune._torchvision import import_torchvision
+
+        tv = import_torchvision()
+        t = tv.models.get_weight(f"{tv.models.get_model_weights(spec.name).__name__}.{opts['weights']}").transforms()
+        return tuple(t.mean), tuple(t.std)
+    if spec.source == "timm" and opts.get("pretrained"):
+        cfg = import_timm().models.get_pretrained_cfg(spec.name)
+        if cfg is not None and cfg.mean is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return None

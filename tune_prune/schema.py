@@ -75,8 +75,17 @@ class Section(BaseModel):
                 if key not in cls.model_fields:
                     raise PydanticCustomError(
                         "tune_prune_unknown", "unknown field; accepted: {accepted}",
-                        {"key": str(key), "accepted": ", ".join(sorted(cls.model_fields, key=lambda f: f != "name"))})
+                        {"key": str(key), "accepted": ", ".join(cls._field_order())})
         return data
+
+    @classmethod
+    def _field_order(cls) -> list[str]:
+        """name first, then the fields this class adds, then the ones it inherits."""
+        inherited = set()
+        for base in cls.__mro__[1:]:
+            inherited |= set(getattr(base, "model_fields", {}))
+        fields = list(cls.model_fields)
+        return sorted(fields, key=lambda f: (f != "name", f in inherited))
 
 
 # ---------------------------------------------------------------- safe names
@@ -155,6 +164,41 @@ def _dataset_models() -> list[type[Section]]:
     return out
 
 
+MODEL_SOURCES = ("builtin", "python", "timm", "torchvision")
+
+
+def _normalize(value: Any) -> Any:
+    if value in ("data", "imagenet"):
+        return value
+    if isinstance(value, Mapping) and set(value) == {"mean", "std"}:
+        mean, std = value["mean"], value["std"]
+        if (isinstance(mean, list) and isinstance(std, list) and mean and len(mean) == len(std)
+                and all(is_number(v) for v in mean) and all(is_number(v) and v > 0 for v in std)):
+            return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    raise invalid("must be data, imagenet, or {mean: [...], std: [...]} with one positive std per mean", value)
+
+
+Normalize = custom(_normalize, {"anyOf": [
+    {"enum": ["data", "imagenet"]},
+    {"type": "object", "additionalProperties": False, "required": ["mean", "std"],
+     "properties": {"mean": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+                    "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1}}}]})
+
+
+class ModelCommon(Section):
+    """What every model source takes besides its own options."""
+
+    checkpoint: Optional[PathString] = Field(
+        None, description="start from these weights instead of training the dense model: a file holding a "
+        "state_dict, or a dict holding one (see checkpoint_key); identified by its content hash")
+    checkpoint_key: Optional[str] = Field(
+        None, description="the key under which the checkpoint dict holds the state_dict (e.g. state_dict, model); "
+        "default: found when unambiguous")
+    normalize: Optional[Normalize] = Field(
+        None, description="input normalisation: data (the training split's statistics), imagenet, or "
+        "{mean, std}; default: the library weights' own when they define one, else data")
+
+
 def _model_models() -> list[type[Section]]:
     from tune_prune.models import MODELS
 
@@ -162,13 +206,101 @@ def _model_models() -> list[type[Section]]:
     for name in MODELS.names():
         builder = MODELS.get(name)
         fields = _signature_fields(builder, 2)  # after (in_shape, num_classes)
-        out.append(create_model(f"Model_{name}", __base__=Section, __doc__=_first_line(builder),
-                                name=(Literal[name], Field(description="the model")), **fields))
+        out.append(create_model(f"Model_{name}", __base__=ModelCommon, __doc__=_first_line(builder),
+                                name=(Literal[name], Field(description="a built-in model")),
+                                source=(Optional[Literal["builtin"]], Field(None, description="built-in (default)")),
+                                **fields))
     return out
+
+
+class TorchvisionModel(ModelCommon):
+    """Any classification model of torchvision.models, optionally with its library weights."""
+
+    source: Literal["torchvision"]
+    name: str = Field(description="a name from torchvision.models.list_models(), e.g. resnet18")
+    weights: Optional[str] = Field(None, description="a weights enum name, e.g. IMAGENET1K_V1 or DEFAULT "
+                                   "(downloaded where there is internet)")
+    num_classes: Optional[PositiveInt] = Field(
+        None, description="the classes the model predicts; default and required value: the dataset's. The "
+        "library weights' head is replaced when it differs")
+    kwargs: dict[str, Any] = Field({}, description="more keyword arguments for the model builder")
+
+    @model_validator(mode="after")
+    def _known_to_torchvision(self) -> "TorchvisionModel":
+        from tune_prune._torchvision import import_torchvision
+
+        tv = import_torchvision()
+        names = tv.models.list_models(module=tv.models)
+        if self.name not in names:
+            raise _at("model.name", f"torchvision has no classification model {self.name!r}; accepted: "
+                      f"{', '.join(names)}")
+        if self.weights is not None:
+            enum = tv.models.get_model_weights(self.name)
+            if self.weights not in enum.__members__:
+                raise _at("model.weights", f"{self.name} has no weights {self.weights!r}; accepted: "
+                          f"{', '.join(enum.__members__)}")
+        return self
+
+
+class TimmModel(ModelCommon):
+    """Any timm.create_model name, optionally with its pretrained weights."""
+
+    source: Literal["timm"]
+    name: str = Field(description="a timm model name, e.g. vit_small_patch16_224 (a pretrained tag may follow a dot)")
+    pretrained: bool = Field(False, description="start from timm's pretrained weights (downloaded from the "
+                             "Hugging Face hub where there is internet)")
+    num_classes: Optional[PositiveInt] = Field(None, description="default and required value: the dataset's")
+    kwargs: dict[str, Any] = Field({}, description="more keyword arguments for timm.create_model, e.g. img_size")
+
+    @model_validator(mode="after")
+    def _known_to_timm(self) -> "TimmModel":
+        from tune_prune.models import import_timm
+
+        timm = import_timm()
+        if not timm.is_model(self.name):
+            close = [n for n in timm.list_models(f"*{self.name.split('.')[0][:6]}*")][:8]
+            raise _at("model.name", f"timm has no model {self.name!r}"
+                      + (f"; similar: {', '.join(close)}" if close else "; see timm.list_models()"))
+        return self
+
+
+class PythonModel(ModelCommon):
+    """Your own architecture: a function that returns an nn.Module."""
+
+    source: Literal["python"]
+    name: str = Field(description="module:function, importable on every Ray worker (the working directory "
+                      "or an installed package); called as function(**kwargs), with num_classes when it takes it")
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments for the function")
+
+    @model_validator(mode="after")
+    def _module_colon_function(self) -> "PythonModel":
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.name):
+            raise _at("model.name", f"must be module:function (e.g. my_package.nets:build), got {self.name!r}")
+        return self
+
+
+def model_tag(value: Any) -> str | None:
+    """Which model schema a raw model section is: a source, or builtin:<name>."""
+    if not isinstance(value, Mapping):
+        return None
+    source = value.get("source")
+    if source is None or source == "builtin":
+        return f"builtin:{value.get('name')}"
+    return str(source)
 
 
 def _tagged(models: list[type[Section]]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="name")]
+
+
+def _model_union() -> Any:
+    from pydantic import Discriminator, Tag
+
+    members = [Annotated[m, Tag(f"builtin:{m.model_fields['name'].annotation.__args__[0]}")]
+               for m in _model_models()]
+    members += [Annotated[TorchvisionModel, Tag("torchvision")], Annotated[TimmModel, Tag("timm")],
+                Annotated[PythonModel, Tag("python")]]
+    return Annotated[Union[tuple(members)], Discriminator(model_tag)]
 
 
 # ---------------------------------------------------------------- training sections
@@ -176,11 +308,20 @@ def _tagged(models: list[type[Section]]) -> Any:
 class PretrainSection(Section):
     """Training of the dense model, once per (model, dataset, seed) and cached."""
 
-    epochs: PositiveInt = Field(30, description="epochs of dense training")
+    epochs: NonNegativeInt = Field(30, description="epochs of dense training; 0: use the starting weights as "
+                                   "they are (the default when model.checkpoint is given)")
     lr: PositiveFloat = Field(0.1, description="SGD learning rate (cosine-annealed)")
     batch_size: PositiveInt = 128
     momentum: NonNegativeFloat = 0.9
     weight_decay: NonNegativeFloat = 5e-4
+
+
+class PruneSection(Section):
+    """Which layers are pruned: every Conv2d and Linear (weights and biases) unless narrowed here."""
+
+    include: list[str] = Field([], description="glob patterns on module names; only matching Conv2d/Linear "
+                               "layers are pruned (default: all)")
+    exclude: list[str] = Field([], description="glob patterns on module names kept dense, e.g. [conv1, fc]")
 
 
 class FinetuneSection(Section):
@@ -390,7 +531,7 @@ def _sparsity(v: Any) -> float:
 def _build_spec_model() -> type[Section]:
     top_keys = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
                 "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-                "structure", "speed", "execution")
+                "structure", "speed", "execution", "prune")
 
     class SpecBase(Section):
         @model_validator(mode="after")
@@ -420,7 +561,8 @@ def _build_spec_model() -> type[Section]:
     fields: dict[str, Any] = {
         "name": (SafeName, Field(description="the sweep's name: MLflow experiment and run directory names")),
         "dataset": (_tagged(_dataset_models()), Field(description="the data; its own options beside name")),
-        "model": (_tagged(_model_models()), Field(description="the network; its own options beside name")),
+        "model": (_model_union(), Field(description="the network: a built-in name with its options, or "
+                                        "source: torchvision, timm or python")),
         "pretrain": (PretrainSection, PretrainSection()),
         "finetune": (FinetuneSection, FinetuneSection()),
         "budget": (BudgetSection, ...),
@@ -431,6 +573,7 @@ def _build_spec_model() -> type[Section]:
         "seeds": (Annotated[list[NonNegativeInt], Field(min_length=1)], Field([0], description="one trial per seed")),
         "strategies": (_strategies_model(), ...),
         "resources": (ResourcesSection, ResourcesSection()),
+        "prune": (PruneSection, PruneSection()),
         "max_failures": (NonNegativeInt, Field(0, description="retries of a failed trial from its last checkpoint "
                                                "(Ray's -1, retry forever, is not accepted)")),
         "storage_path": (PathString, Field("tune_prune_runs", description="Ray Tune results and checkpoints")),
@@ -462,7 +605,7 @@ def spec_model() -> type[Section]:
 
 TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
             "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-            "structure", "speed", "execution", "smoke_test")
+            "structure", "speed", "execution", "prune", "smoke_test")
 
 
 def json_schema() -> dict[str, Any]:
@@ -486,7 +629,9 @@ def _path(loc: tuple[Any, ...], raw: Any) -> str:
     node = raw
     for i, item in enumerate(loc):
         # a tagged union puts the tag (the model's or dataset's name) into the location: drop it
-        if i == 1 and loc[0] in ("model", "dataset") and isinstance(node, Mapping) and item == node.get("name"):
+        if i == 1 and loc[0] == "dataset" and isinstance(node, Mapping) and item == node.get("name"):
+            continue
+        if i == 1 and loc[0] == "model" and item == model_tag(node):
             continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
@@ -520,6 +665,18 @@ def explain(err: Mapping[str, Any], raw: Any) -> SchemaError:
         return SchemaError(f"{path}.{ctx['key']}" if path != "spec" else ctx["key"], f"unknown field; accepted: {accepted}")
     if kind == "missing":
         return SchemaError(path, "is required")
+    if kind == "union_tag_invalid" and path == "model":
+        tag = str(ctx.get("tag"))
+        if tag == "builtin:None":
+            return SchemaError("model.name", "is required")
+        if tag.startswith("builtin:"):
+            from tune_prune.models import MODELS
+
+            return SchemaError("model.name", f"unknown model {shown(tag[8:])}; accepted: {', '.join(MODELS.names())}"
+                               f" (built in), or set model.source: torchvision, timm or python")
+        return SchemaError("model.source", f"unknown value {shown(tag)}; accepted: {', '.join(MODEL_SOURCES)}")
+    if kind == "union_tag_not_found" and path == "model":
+        return SchemaError("model", f"must be a mapping, got {type(value).__name__} {shown(value)}")
     if kind == "union_tag_invalid":
         what = path.split(".")[0]
         accepted = ", ".join(sorted(t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")))

@@ -12,10 +12,11 @@ Each trial is named by its content: ``<schedule>-s<target>-<key8>``.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -71,6 +72,10 @@ class DatasetSpec:
     download: bool = False
     options: tuple[tuple[str, Any], ...] = ()
 
+    def kwargs_own(self) -> dict[str, Any]:
+        """The dataset's own options (beyond root, val_size, train_subset, split_seed, download)."""
+        return _thaw(self.options)
+
     def load_kwargs(self) -> dict[str, Any]:
         kw = {k: getattr(self, k) for k in ("root", "val_size", "train_subset", "split_seed", "download")}
         kw.update(_thaw(self.options))
@@ -79,11 +84,58 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """Which network, from where, with which starting weights.
+
+    ``source`` is builtin (tune_prune.models), torchvision, timm or python
+    (module:function). ``options`` are the builder's own options for builtin
+    models, and weights/pretrained/num_classes/kwargs for the others. A checkpoint
+    is identified by ``checkpoint_sha256``, its content hash, not by its path.
+    """
+
     name: str
     options: tuple[tuple[str, Any], ...] = ()
+    source: str = "builtin"
+    checkpoint: str | None = None
+    checkpoint_key: str | None = None
+    checkpoint_sha256: str | None = None
+    normalize: Any = None  # None (auto), "data", "imagenet", or frozen {mean, std}
 
     def kwargs(self) -> dict[str, Any]:
         return _thaw(self.options)
+
+    @property
+    def starts_from_weights(self) -> bool:
+        """True when the dense model starts from weights rather than a random init."""
+        opts = self.kwargs()
+        return self.checkpoint is not None or bool(opts.get("weights")) or bool(opts.get("pretrained"))
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that name this model in trial and dense keys.
+
+        Fields added after keys were first published are left out at their default,
+        so built-in models keep their keys; a checkpoint counts by content, not path.
+        """
+        d = asdict(self)
+        for f in fields(self):
+            if f.name not in ("name", "options") and d[f.name] == f.default:
+                d.pop(f.name)
+        if self.checkpoint_sha256 is not None:
+            d.pop("checkpoint", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        d = dict(d)
+        d["options"] = _refreeze(d.get("options", ()))
+        d["normalize"] = _refreeze(d.get("normalize"))
+        return cls(**d)
+
+
+def _refreeze(value: Any) -> Any:
+    """Undo JSON's tuple -> list for a frozen value."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_refreeze(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -189,6 +241,8 @@ class TrialSpec:
     epochs_per_event: int | None = None
     criterion: str = "global_magnitude"
     structure: str = UNSTRUCTURED
+    prune_include: tuple[str, ...] = ()  # glob patterns on module names; () = every Conv2d/Linear
+    prune_exclude: tuple[str, ...] = ()
 
     @property
     def is_dense(self) -> bool:
@@ -214,6 +268,10 @@ class TrialSpec:
         d = self.to_dict()
         if d["structure"] == UNSTRUCTURED:
             d.pop("structure")
+        for f in ("prune_include", "prune_exclude"):
+            if not d[f]:
+                d.pop(f)
+        d["model"] = self.model.key_dict()
         return d
 
     @classmethod
@@ -223,7 +281,9 @@ class TrialSpec:
 
         d = dict(d)
         d["dataset"] = DatasetSpec(**{**d["dataset"], "options": tup(d["dataset"].get("options", []))})
-        d["model"] = ModelSpec(name=d["model"]["name"], options=tup(d["model"].get("options", [])))
+        d["model"] = ModelSpec.from_dict(d["model"])
+        for f in ("prune_include", "prune_exclude"):
+            d[f] = tuple(d.get(f, ()))
         d["pretrain"] = PretrainSpec(**d["pretrain"])
         d["finetune"] = FinetuneSpec(**d["finetune"])
         d["budget"] = BudgetSpec(**d["budget"])
@@ -246,7 +306,7 @@ class TrialSpec:
     @property
     def dense_key(self) -> str:
         """Names the dense model this trial starts from: (model, dataset, seed, pretrain settings)."""
-        return _hash({"model": asdict(self.model), "dataset": asdict(self.dataset),
+        return _hash({"model": self.model.key_dict(), "dataset": asdict(self.dataset),
                       "seed": self.seed, "pretrain": asdict(self.pretrain)})
 
     @property
@@ -349,13 +409,15 @@ class SweepSpec:
     structure: str = UNSTRUCTURED
     speed: SpeedSpec = field(default_factory=SpeedSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    prune_include: tuple[str, ...] = ()
+    prune_exclude: tuple[str, ...] = ()
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
 
     def base(self) -> dict[str, Any]:
         """The settings every trial of this sweep shares."""
         return dict(dataset=self.dataset, model=self.model, pretrain=self.pretrain,
                     finetune=self.finetune, budget=self.budget, criterion=self.criterion,
-                    structure=self.structure)
+                    structure=self.structure, prune_include=self.prune_include, prune_exclude=self.prune_exclude)
 
     def dense_trials(self) -> list[TrialSpec]:
         return [TrialSpec(**self.base(), schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
@@ -503,9 +565,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
     data.pop("name")
     common = {k: data.pop(k) for k in ("root", "val_size", "train_subset", "split_seed", "download") if k in data}
     dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
-    model_opts = _given(checked.model)
-    model_opts.pop("name")
-    model = ModelSpec(name=checked.model.name, options=_frozen(model_opts))
+    model = _model(checked.model)
     budget_given = _given(checked.budget)
     budget = BudgetSpec(**{k: budget_given[k] for k in ("epochs", "policy") if k in budget_given})
     sweep_budget = SweepBudgetSpec(epochs=checked.budget.sweep_epochs,
@@ -514,7 +574,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
     structure = checked.structure
     spec = SweepSpec(
         name=checked.name, dataset=dataset, model=model,
-        pretrain=PretrainSpec(**_given(checked.pretrain)),
+        pretrain=_pretrain(checked, model),
         finetune=FinetuneSpec(**_given(checked.finetune)),
         budget=budget, target_sparsities=tuple(sorted(checked.target_sparsities)),
         seeds=tuple(checked.seeds), strategies=_strategies(checked.strategies, raw["strategies"]),
@@ -523,13 +583,50 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         search=SearchSpec(**_given(checked.search)),
         criterion=checked.criterion or DEFAULT_CRITERION[structure], structure=structure,
         speed=SpeedSpec(**_given(checked.speed)), execution=ExecutionSpec(**_given(checked.execution)),
+        prune_include=tuple(checked.prune.include), prune_exclude=tuple(checked.prune.exclude),
         resolved=_frozen(raw),
     )
     _check_budget_fits(spec.corner_trials())
     _check_sweep_budget(spec)
     if check_data:
         check_dataset(spec.dataset)
+        check_model(spec)
     return spec
+
+
+def _model(checked: Any) -> ModelSpec:
+    opts = _given(checked)
+    for f in ("name", "source", "checkpoint", "checkpoint_key", "normalize"):
+        opts.pop(f, None)
+    checkpoint = sha = None
+    if checked.checkpoint is not None:
+        path = Path(checked.checkpoint).expanduser().resolve()
+        checkpoint = str(path)
+        if path.is_file():
+            sha = _file_sha256(path)
+    normalize = checked.normalize
+    return ModelSpec(name=checked.name, options=_frozen(opts), source=checked.source or "builtin",
+                     checkpoint=checkpoint, checkpoint_key=checked.checkpoint_key, checkpoint_sha256=sha,
+                     normalize=_frozen(normalize) if isinstance(normalize, Mapping) else normalize)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _pretrain(checked: Any, model: ModelSpec) -> PretrainSpec:
+    """Pretraining settings; a model that starts from a checkpoint is used as it is unless told otherwise."""
+    given = _given(checked.pretrain)
+    if "epochs" not in given and model.checkpoint is not None:
+        given["epochs"] = 0
+    if given.get("epochs", 1) == 0 and not model.starts_from_weights:
+        raise SpecError("pretrain.epochs", "0 means: use the starting weights as they are, but the model starts "
+                        "from a random init; give model.checkpoint (or library weights), or epochs >= 1")
+    return PretrainSpec(**given)
 
 
 def check_dataset(dataset: DatasetSpec) -> None:
@@ -544,6 +641,70 @@ def check_dataset(dataset: DatasetSpec) -> None:
         if not field_name.startswith("dataset.") or not message:
             field_name, message = "dataset", str(exc)
         raise SpecError(field_name, message) from None
+
+
+def check_model(spec: SweepSpec) -> None:
+    """Build the model as the trials will (random init) and check what the spec says about it.
+
+    The checkpoint must fit it exactly (the first mismatching tensors are named), every
+    prune pattern must match a Conv2d or Linear layer, and something must be left to prune.
+    """
+    from tune_prune import models
+    from tune_prune.data import describe
+    from tune_prune.pruning.masks import PRUNABLE_TYPES, select_layers
+
+    m = spec.model
+    kw = spec.dataset.load_kwargs()
+    in_shape, classes = describe(spec.dataset.name, root=kw.get("root"), **spec.dataset.kwargs_own())
+    wanted = m.kwargs().get("num_classes")
+    if wanted is not None and wanted != classes:
+        raise SpecError("model.num_classes", f"is {wanted} but dataset {spec.dataset.name} has {classes} classes")
+    try:
+        model = models.build(m, in_shape, classes, weights=False)
+    except (ValueError, TypeError) as exc:
+        field_name, _, message = str(exc).partition(": ")
+        if field_name.startswith("model.") and message:
+            raise SpecError(field_name, message) from None
+        raise SpecError("model", f"{m.source} model {m.name!r} cannot be built: {exc}") from None
+    if m.checkpoint is not None:
+        if not Path(m.checkpoint).is_file():
+            raise SpecError("model.checkpoint", f"no such file: {m.checkpoint}")
+        try:
+            state = models.load_checkpoint(m.checkpoint, m.checkpoint_key)
+        except ValueError as exc:
+            field_name, _, message = str(exc).partition(": ")
+            raise SpecError(field_name, message) from None
+        except Exception as exc:  # not a torch file, or pickled objects weights_only refuses
+            raise SpecError("model.checkpoint", f"{m.checkpoint} cannot be read as a weights-only torch file: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
+        problem = models.checkpoint_mismatch(model, state)
+        if problem:
+            raise SpecError("model.checkpoint", f"does not fit {m.source} model {m.name} with {classes} classes: "
+                            f"{problem}")
+    try:
+        import torch
+
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *in_shape))
+    except Exception as exc:  # the model's own complaint, whatever its type
+        raise SpecError("model", f"{m.source} model {m.name!r} cannot take this dataset's {in_shape[0]}x"
+                        f"{in_shape[1]}x{in_shape[2]} images: {str(exc).splitlines()[0][:200]}") from None
+    if spec.structure == STRUCTURED:
+        attention = sorted({type(mod).__name__ for mod in model.modules()
+                            if hasattr(mod, "num_heads") or isinstance(mod, torch.nn.MultiheadAttention)})
+        if attention:
+            raise SpecError("structure", f"structured pruning does not handle attention layers "
+                            f"({', '.join(attention)}) yet: their heads would need pruning as units; use "
+                            "structure: unstructured for this model")
+    layers = [n for n, mod in model.named_modules() if isinstance(mod, PRUNABLE_TYPES)]
+    for which, patterns in (("include", spec.prune_include), ("exclude", spec.prune_exclude)):
+        for i, pattern in enumerate(patterns):
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in layers):
+                shown = ", ".join(layers[:12]) + (f" ... ({len(layers)} in all)" if len(layers) > 12 else "")
+                raise SpecError(f"prune.{which}[{i}]", f"{pattern!r} matches no Conv2d or Linear layer; "
+                                f"layers: {shown}")
+    if not select_layers(layers, spec.prune_include, spec.prune_exclude):
+        raise SpecError("prune", "include and exclude leave no layer to prune")
 
 
 def _strategies(checked: Any, raw: Mapping[str, Any]) -> tuple[StrategySpec, ...]:

@@ -1,8 +1,8 @@
 """Unstructured masks over the prunable parameters of a model.
 
 Prunable parameters are the weights AND biases of every ``nn.Conv2d`` and
-``nn.Linear`` (classifier included); BatchNorm and everything else is left
-dense. All sparsities are fractions of the ORIGINAL prunable count ``W``
+``nn.Linear`` (classifier included) unless glob patterns on module names narrow
+them; BatchNorm, embeddings and everything else is left dense. All sparsities are fractions of the ORIGINAL prunable count ``W``
 (``torch.nn.utils.prune``'s float ``amount`` is relative to what remains, a
 classic source of wrong schedules; we never use it).
 
@@ -15,7 +15,8 @@ prune event anyway).
 
 from __future__ import annotations
 
-from typing import Callable
+import fnmatch
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -34,23 +35,36 @@ def global_magnitude(param: torch.Tensor) -> torch.Tensor:
 CRITERIA: dict[str, Criterion] = {"global_magnitude": global_magnitude}
 
 
-def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Weights and biases of every Conv2d/Linear, keyed by their state-dict name, in module order."""
+def select_layers(names: Iterable[str], include: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
+    """The module names a prune section selects: matching an include glob (all when none), and no exclude glob."""
+    include, exclude = tuple(include), tuple(exclude)
+    return [n for n in names
+            if (not include or any(fnmatch.fnmatchcase(n, p) for p in include))
+            and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+
+
+def prunable_parameters(model: nn.Module, include: Iterable[str] = (),
+                        exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """Weights and biases of every Conv2d/Linear, keyed by their state-dict name, in module order.
+
+    ``include``/``exclude`` are glob patterns on module names (``layer1.*``, ``fc``) that
+    narrow the layers; by default every Conv2d and Linear is prunable, classifier included.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     found: dict[str, nn.Parameter] = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            for pname, param in module.named_parameters(recurse=False):
-                found[f"{module_name}.{pname}" if module_name else pname] = param
+    for module_name in select_layers(layers, include, exclude):
+        for pname, param in layers[module_name].named_parameters(recurse=False):
+            found[f"{module_name}.{pname}" if module_name else pname] = param
     return found
 
 
 class MaskSet:
     """Keep-masks (1 = kept, 0 = pruned) for the prunable parameters of one model."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.params = prunable_parameters(model)
+    def __init__(self, model: nn.Module, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
+        self.params = prunable_parameters(model, include, exclude)
         if not self.params:
-            raise ValueError("model has no Conv2d or Linear parameters to prune")
+            raise ValueError("model has no Conv2d or Linear parameters to prune (after prune.include/exclude)")
         self.masks: dict[str, torch.Tensor] = {
             # same layout as the parameter (channels_last too), so the fused multiply stays on its fast path
             name: torch.ones_like(p).detach()

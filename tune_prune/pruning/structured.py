@@ -25,13 +25,13 @@ dense architecture, then shrink every layer to the saved shapes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from tune_prune.pruning.masks import PRUNABLE_TYPES, prunable_parameters
+from tune_prune.pruning.masks import PRUNABLE_TYPES, prunable_parameters, select_layers
 
 # importance callables per criterion; normalizer=None: groups are cut one by one
 # (layer-wise), so scores are only ever compared within a group.
@@ -103,10 +103,16 @@ class ChannelPruner:
 
     structured = True
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, state: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: nn.Module, example: torch.Tensor, state: dict[str, Any] | None = None,
+                 include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
         self.model = model
         self.example = example
         self.classifier = classifier_of(model)
+        layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+        chosen = set(select_layers(layers, include, exclude))
+        # layers the prune section leaves alone keep their output channels, like the classifier
+        self.kept = [self.classifier] + [m for n, m in model.named_modules()
+                                         if isinstance(m, PRUNABLE_TYPES) and n not in chosen]
         if state is None:
             state = {"original_widths": _widths(model), "dense_params": prunable_count(model),
                      "dense_macs": count_macs(model, example), "ratio": 0.0}
@@ -179,7 +185,7 @@ class ChannelPruner:
             importance = _MAGNITUDE[criterion]()
 
         cuts = []
-        for group in graph.get_all_groups(ignored_layers=[self.classifier], root_module_types=PRUNABLE_TYPES):
+        for group in graph.get_all_groups(ignored_layers=self.kept, root_module_types=PRUNABLE_TYPES):
             root, handler = group[0].dep.target.module, group[0].dep.handler
             width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
             keep = max(1, round((1.0 - ratio) * self.original_widths[names[root]]))
