@@ -158,3 +158,17 @@ def test_library_weights_that_cannot_be_fetched_fail_with_what_to_do(monkeypatch
     # the architecture alone needs nothing from the network; its inputs are normalised as the weights expect
     assert models.build(spec, (3, 32, 32), 10).fc.out_features == 10
     assert models.preferred_normalize(spec) == models.IMAGENET_NORMALIZE
+
+
+def test_the_layer_report_adds_up_to_the_measured_sparsity():
+    from tune_prune.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 10, hidden=[16, 12])
+    masks = MaskSet(model, exclude=["3"])
+    masks.prune_to(0.75)
+    report = masks.layer_report()
+    assert set(report) == {"1", "5"}  # Linear layers 1 and 5; 3 excluded
+    assert report["1"]["params"] == 64 * 16 + 16 and report["5"]["params"] == 12 * 10 + 10
+    pruned = sum(r["params"] * r["sparsity"] for r in report.values())
+    assert pruned == masks.pruned and masks.total == sum(r["params"] for r in report.values())

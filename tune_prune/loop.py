@@ -85,6 +85,10 @@ class Hooks:
     on_event: Callable[[EventRecord, LoopState], None] = lambda record, state: None
     #: called once with the final model (last event's kept checkpoint), in eval mode
     on_final: Callable[[nn.Module], None] = lambda model: None
+    #: called once the pruner exists, with the number of prunable weights the sparsities count
+    on_prunable: Callable[[int], None] = lambda count: None
+    #: called before on_final with the per-layer report (masks: params, sparsity; channels: widths)
+    on_layers: Callable[[dict[str, dict[str, float]]], None] = lambda report: None
 
 
 @dataclass(frozen=True)
@@ -359,6 +363,7 @@ def run_trial(
     # layout first: a layout change swaps parameter storage, and masks keep references to it
     fast.model(model)
     masks = _pruner(trial, model, data, device, pruner_state)
+    hooks.on_prunable(masks.dense_params if isinstance(masks, ChannelPruner) else masks.total)
 
     records = []
     for i in range(start_event, n_events):
@@ -429,6 +434,7 @@ def run_trial(
         )
         hooks.on_event(record, state)
     model.eval()
+    hooks.on_layers(masks.layer_report())
     hooks.on_final(model)
     return records
 

@@ -40,6 +40,7 @@ PARENT_TAG = "mlflow.parentRunId"
 USABLE_STATUSES = ("FINISHED", "KILLED")
 #: artifact of every finished pruned trial: torch.save of the whole final nn.Module
 #: (load with torch.load(path, weights_only=False); tune_prune must be importable)
+LAYER_SPARSITY = "layer_sparsity.json"
 FINAL_MODEL = "final_model.pt"
 
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
@@ -124,6 +125,7 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "batch_size": trial.finetune.batch_size,
         "min_delta": trial.finetune.min_delta,
         "model": trial.model.name,
+        "model_source": trial.model.source,
         "dataset": trial.dataset.name,
         "criterion": trial.criterion,
         "structure": trial.structure,
@@ -131,6 +133,10 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "config_key": trial.config_key,
         "dense_key": trial.dense_key,
     }
+    if trial.model.checkpoint_sha256 is not None:
+        p["checkpoint_sha256"] = trial.model.checkpoint_sha256  # the path may differ per machine; this does not
+    if trial.prune_include or trial.prune_exclude:
+        p["prune_include"], p["prune_exclude"] = list(trial.prune_include), list(trial.prune_exclude)
     p.update({k: v for k, v in trial.knobs})
     return p
 
@@ -328,8 +334,14 @@ class TrialTracker:
                   "total_accelerator_seconds": record.wall_seconds * self.share}
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in totals.items()])
 
-    def log_final_model(self, model: Any, speed: dict[str, float] | None) -> None:
-        """The final model, whole (structured ones are a different architecture), and its measured speed."""
+    def log_prunable(self, count: int) -> None:
+        """How many weights the sparsities are fractions of (after prune.include/exclude)."""
+        self.client.log_batch(self.run_id, params=_params({"prunable_params": count}))
+
+    def log_final_model(self, model: Any, speed: dict[str, float] | None,
+                        layers: dict[str, dict[str, float]] | None = None) -> None:
+        """The final model, whole (structured ones are a different architecture), its measured speed,
+        and where the pruning fell, layer by layer (``layer_sparsity.json``)."""
         import tempfile
 
         import torch
@@ -338,6 +350,8 @@ class TrialTracker:
             path = Path(tmp) / FINAL_MODEL
             torch.save(model.to("cpu"), path)
             self.client.log_artifact(self.run_id, str(path))
+        if layers is not None:
+            self.client.log_dict(self.run_id, layers, LAYER_SPARSITY)
         if speed:
             ts = _now_ms()
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in speed.items()])

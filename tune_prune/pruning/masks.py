@@ -148,3 +148,13 @@ class MaskSet:
     def layer_sparsities(self) -> dict[str, float]:
         """Per-tensor pruned fraction, for logging where global ranking put the cuts."""
         return {n: float((m == 0).float().mean().item()) for n, m in self.masks.items()}
+
+    def layer_report(self) -> dict[str, dict[str, float]]:
+        """Per prunable layer (module name): its prunable entries and the fraction pruned."""
+        out: dict[str, dict[str, float]] = {}
+        for name, mask in self.masks.items():
+            layer = name.rsplit(".", 1)[0] if "." in name else ""
+            row = out.setdefault(layer, {"params": 0, "pruned": 0})
+            row["params"] += mask.numel()
+            row["pruned"] += int((mask == 0).sum().item())
+        return {k: {"params": v["params"], "sparsity": v["pruned"] / v["params"]} for k, v in out.items()}

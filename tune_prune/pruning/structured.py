@@ -146,6 +146,15 @@ class ChannelPruner:
             "channel_sparsity": 1.0 - now / before,
         }
 
+    def layer_report(self) -> dict[str, dict[str, float]]:
+        """Per Conv2d/Linear layer: its parameters now, and the fraction of its output channels removed."""
+        widths = _widths(self.model)
+        modules = dict(self.model.named_modules())
+        return {n: {"params": sum(p.numel() for p in modules[n].parameters(recurse=False)),
+                    "channels": w, "original_channels": self.original_widths.get(n, w),
+                    "sparsity": 1.0 - w / self.original_widths.get(n, w)}
+                for n, w in widths.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {"original_widths": dict(self.original_widths), "dense_params": self.dense_params,
                 "dense_macs": self.dense_macs, "ratio": self.ratio}
