@@ -150,3 +150,16 @@ def test_every_shipped_search_space_validates(quickstart_path, smoke):
     for path in specs:
         spec = load_spec(path, smoke_test=smoke)
         assert {t.schedule for t in spec.trials()} == {"dense", "one_shot", "constant", "geometric", "hybrid"}
+
+
+def test_smoke_test_replaces_a_section_that_names_another_model_or_dataset(raw):
+    raw["model"] = {"source": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}
+    raw["pretrain"]["epochs"] = 0
+    raw["smoke_test"]["model"] = {"name": "mlp", "hidden": [8]}
+    raw["smoke_test"]["pretrain"] = {"epochs": 1}
+    raw["smoke_test"]["dataset"] = {"test_size": 0.3}  # same dataset: merged into the spec's
+    smoke = parse_spec(raw, smoke_test=True)
+    assert smoke.model.name == "mlp" and smoke.model.source == "builtin" and smoke.model.kwargs() == {"hidden": [8]}
+    assert smoke.dataset.kwargs_own()["test_size"] == 0.3 and smoke.dataset.val_size == 0.2
+    full = parse_spec(raw)
+    assert full.model.source == "torchvision" and full.pretrain.epochs == 0

@@ -508,11 +508,19 @@ def load_spec(path: str | Path, smoke_test: bool = False, check_data: bool = Fal
     return parse_spec(raw, smoke_test=smoke_test, check_data=check_data)
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], over: Mapping[str, Any], top: bool = True) -> dict[str, Any]:
+    """``over`` on top of ``base``, mapping by mapping.
+
+    A dataset or model section that names another dataset or model (or source)
+    replaces the spec's whole section: the options of one mean nothing to another.
+    """
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+        old = out.get(k)
+        other = (top and k in ("dataset", "model") and isinstance(v, Mapping) and isinstance(old, Mapping)
+                 and any(f in v and v[f] != old.get(f) for f in ("name", "source")))
+        if isinstance(v, Mapping) and isinstance(old, Mapping) and not other:
+            out[k] = _merge(dict(old), v, top=False)
         else:
             out[k] = copy.deepcopy(v)
     return out
