@@ -49,7 +49,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"re-run on {len(spec.seeds) - 1} more seed(s); {len(trials)} dense baselines)")
     else:
         print(f"{args.spec}: valid ({'smoke test, ' if args.smoke_test else ''}{len(trials)} trials)")
-    print(f"  model {spec.model.name} on {spec.dataset.name}; budget {spec.budget.epochs} epochs per trial "
+    m = spec.model
+    start = (f"starts from checkpoint {m.checkpoint}" + (f" (sha256 {m.checkpoint_sha256[:12]})" if m.checkpoint_sha256 else "")
+             if m.checkpoint else "starts from library weights" if m.starts_from_weights else "starts from a random init")
+    dense = "used as it is" if spec.pretrain.epochs == 0 else f"trained {spec.pretrain.epochs} epochs per seed"
+    print(f"  model: {m.name} ({m.source}); {start}; dense model {dense}")
+    if spec.prune_include or spec.prune_exclude:
+        print(f"  pruned layers: include {list(spec.prune_include) or 'all'}, exclude {list(spec.prune_exclude)}")
+    print(f"  data {spec.dataset.name}; budget {spec.budget.epochs} epochs per trial "
           f"({spec.budget.policy}); seeds {list(spec.seeds)}; target sparsities {list(spec.target_sparsities)}")
     for name, count in per.items():
         print(f"  {name:<10} {count:>4} trials")
@@ -300,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `tune-prune ... | head` closed our stdout: stop quietly, as shell tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SpecError as exc:
         return _fail(str(exc))
     except ValueError as exc:
