@@ -1,15 +1,25 @@
-"""Datasets as resident uint8 tensors, split deterministically from ``split_seed``.
+"""Datasets as uint8 images, split deterministically from ``split_seed``: resident or streamed.
 
-Every dataset is small enough to hold in memory, so a trial indexes batches out
-of resident tensors (on CPU or GPU) instead of running a DataLoader. Images stay
-uint8 until :meth:`DataBundle.prepare` turns a batch into normalized floats,
+Most datasets fit in memory, so a trial indexes batches out of resident tensors
+(on CPU or GPU) instead of running a DataLoader: a :class:`DataBundle`. Data
+read from image files (``imagefolder``, ``torchvision``) whose decoded images
+would not fit under :func:`resident_limit_bytes` becomes a
+:class:`StreamingBundle` instead, whose DataLoader workers decode each batch
+from the files. Both kinds have one surface (``batches``, ``prepare``, ``to``,
+``in_shape``, ``mean``/``std``, ``with_normalization``, ``storage``) and yield
+the same uint8 batches in the same order for the same generator, so a trial
+trains identically on either; ``storage`` says which one a run got.
+
+Images stay uint8 until ``prepare`` turns a batch into normalized floats,
 which keeps a bundle four times smaller and makes moving it to a GPU cheap.
 
 Splits depend on ``split_seed`` only, never on a trial's seed, so every trial of
 a sweep trains, validates and tests on the same examples. Index convention: the
 validation (and, without an official test split, the test) examples are held
 out of the official training examples, so the three splits are disjoint; each
-split keeps the original order of its examples.
+split keeps the original order of its examples. The splits are chosen from the
+labels alone, before anything is decoded, so resident and streaming bundles of
+the same data hold the same examples.
 
 torchvision is imported lazily (and only through
 :func:`tune_prune._torchvision.import_torchvision`) by the loaders that need it,
@@ -19,19 +29,21 @@ so ``import tune_prune.data`` and loading ``digits`` or CIFAR stay light.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import gzip
 import inspect
+import logging
 import math
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -44,13 +56,20 @@ from tune_prune.registry import Registry
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "STORAGES",
+    "Bundle",
     "DataBundle",
+    "ImageSource",
     "RawDataset",
+    "StreamingBundle",
     "channel_stats",
     "data_root",
     "load_dataset",
     "random_crop_flip",
+    "resident_limit_bytes",
 ]
+
+logger = logging.getLogger(__name__)
 
 ENV_DATA_ROOT = "TUNE_PRUNE_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/tune_prune/data"
@@ -58,77 +77,68 @@ DEFAULT_DATA_ROOT = "~/.cache/tune_prune/data"
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 AUGMENTATIONS = ("crop_flip",)
 CROP_PADDING = 4  # pixels of zero padding before the random crop, as in the CIFAR ResNet papers
+SPLITS = ("train", "val", "test")
+
+#: dataset.storage: resident tensors, batches streamed from the files, or (auto) resident when they fit.
+STORAGES = ("auto", "resident", "streaming")
+Storage = Literal["auto", "resident", "streaming"]
+#: auto storage keeps decoded images resident up to this share of the machine's memory (and of
+#: the GPU's, when one is visible, since a resident bundle moves to the trial's device whole).
+#: Each concurrent trial holds its own copy, hence a quarter rather than most of it.
+RESIDENT_MEMORY_FRACTION = 0.25
+#: A fixed limit in bytes instead of the fraction (None: use the fraction); tests set it.
+RESIDENT_LIMIT_BYTES: int | None = None
+#: Images per batch when decoding a whole split to make it resident.
+DECODE_BATCH = 256
 
 # Tags that make the test / validation / train-subset permutations independent
 # streams of the same split_seed: changing val_size never moves the test set.
 _TEST_STREAM, _VAL_STREAM, _SUBSET_STREAM = 1, 2, 3
 
 
-# --------------------------------------------------------------------------- bundle
+# --------------------------------------------------------------------------- bundles
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
-class DataBundle:
-    """Train/val/test splits of one dataset as uint8 image and int64 label tensors.
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
 
-    Images have shape (N, C, H, W); ``mean``/``std`` are per-channel statistics
-    of ``x_train / 255`` used by :meth:`prepare`.
-    """
 
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
+def _batch_chunks(
+    n: int, batch_size: int, generator: torch.Generator | None, max_batches: int | None
+) -> list[slice] | list[torch.Tensor]:
+    """The batches a split is read in: index tensors of a permutation drawn from ``generator``
+    (on the generator's device), or slices in stored order when there is no generator."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}")
+    starts = range(0, n, batch_size)
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    if generator is None:
+        return [slice(i, i + batch_size) for i in starts]
+    # Drawn now, before the caller draws augmentation from the same generator: the
+    # order of draws (whole permutation, then each batch's crops) is part of a seed's meaning.
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    return [order[i : i + batch_size] for i in starts]
+
+
+class _BundleOps:
+    """What both bundle kinds share: label lookup and turning a uint8 batch into model input."""
+
+    storage: ClassVar[str]
+    in_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: str | None = None
+    augment: str | None
 
-    def __post_init__(self) -> None:
-        # A loader bug (wrong dtype, mismatched lengths) should fail here, not
-        # as a silent float/uint8 mix-up deep inside a trial.
-        shape = tuple(self.x_train.shape[1:])
-        for split in ("train", "val", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.dtype != torch.uint8 or x.dim() != 4:
-                raise ValueError(
-                    f"DataBundle.x_{split}: expected a uint8 tensor (N, C, H, W), "
-                    f"got {x.dtype} of shape {tuple(x.shape)}"
-                )
-            if tuple(x.shape[1:]) != shape:
-                raise ValueError(
-                    f"DataBundle.x_{split}: image shape {tuple(x.shape[1:])} != x_train's {shape}"
-                )
-            if y.dtype != torch.int64 or tuple(y.shape) != (x.shape[0],):
-                raise ValueError(
-                    f"DataBundle.y_{split}: expected an int64 tensor of shape ({x.shape[0]},), "
-                    f"got {y.dtype} of shape {tuple(y.shape)}"
-                )
-        if len(self.mean) != shape[0] or len(self.std) != shape[0]:
-            raise ValueError(f"DataBundle.mean/std: need one value per channel ({shape[0]})")
-        if self.augment is not None and self.augment not in AUGMENTATIONS:
-            raise ValueError(
-                f"DataBundle.augment: must be null or one of {', '.join(AUGMENTATIONS)}, "
-                f"got {self.augment!r}"
-            )
+    def labels(self, split: str) -> torch.Tensor:
+        """The int64 labels of ``split`` ('train', 'val' or 'test'), on the bundle's device."""
+        _check_split(split)
+        return getattr(self, f"y_{split}")
 
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        c, h, w = self.x_train.shape[1:]
-        return (int(c), int(h), int(w))
-
-    def to(self, device: torch.device | str) -> DataBundle:
-        """A new bundle with every tensor on ``device``."""
-        moved = {
-            f"{kind}_{split}": getattr(self, f"{kind}_{split}").to(device)
-            for kind in ("x", "y")
-            for split in ("train", "val", "test")
-        }
-        return dataclasses.replace(self, **moved)
+    def size(self, split: str) -> int:
+        """Number of examples in ``split``."""
+        return len(self.labels(split))
 
     def prepare(
         self, xb: torch.Tensor, train: bool, generator: torch.Generator | None = None
@@ -152,6 +162,105 @@ class DataBundle:
         std = torch.tensor(self.std, dtype=torch.float32, device=xb.device).view(1, -1, 1, 1)
         return xb.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
+    def _check_augment(self, kind: str) -> None:
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ValueError(
+                f"{kind}.augment: must be null or one of {', '.join(AUGMENTATIONS)}, "
+                f"got {self.augment!r}"
+            )
+
+
+def _normalization_pair(
+    mean: Sequence[float], std: Sequence[float], channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"normalization: need one mean and one std per channel ({channels})")
+    return mean, std
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
+class DataBundle(_BundleOps):
+    """Train/val/test splits of one dataset as resident uint8 image and int64 label tensors.
+
+    Images have shape (N, C, H, W); ``mean``/``std`` are per-channel statistics
+    of ``x_train / 255`` used by :meth:`prepare`.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str | None = None
+
+    storage: ClassVar[str] = "resident"
+
+    def __post_init__(self) -> None:
+        # A loader bug (wrong dtype, mismatched lengths) should fail here, not
+        # as a silent float/uint8 mix-up deep inside a trial.
+        shape = tuple(self.x_train.shape[1:])
+        for split in SPLITS:
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(
+                    f"DataBundle.x_{split}: expected a uint8 tensor (N, C, H, W), "
+                    f"got {x.dtype} of shape {tuple(x.shape)}"
+                )
+            if tuple(x.shape[1:]) != shape:
+                raise ValueError(
+                    f"DataBundle.x_{split}: image shape {tuple(x.shape[1:])} != x_train's {shape}"
+                )
+            if y.dtype != torch.int64 or tuple(y.shape) != (x.shape[0],):
+                raise ValueError(
+                    f"DataBundle.y_{split}: expected an int64 tensor of shape ({x.shape[0]},), "
+                    f"got {y.dtype} of shape {tuple(y.shape)}"
+                )
+        if len(self.mean) != shape[0] or len(self.std) != shape[0]:
+            raise ValueError(f"DataBundle.mean/std: need one value per channel ({shape[0]})")
+        self._check_augment("DataBundle")
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.x_train.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def to(self, device: torch.device | str) -> DataBundle:
+        """A new bundle with every tensor on ``device``."""
+        moved = {
+            f"{kind}_{split}": getattr(self, f"{kind}_{split}").to(device)
+            for kind in ("x", "y")
+            for split in SPLITS
+        }
+        return dataclasses.replace(self, **moved)
+
+    def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> DataBundle:
+        """The same data normalized with ``mean``/``std`` (e.g. a pretrained model's own)."""
+        mean, std = _normalization_pair(mean, std, self.in_shape[0])
+        return dataclasses.replace(self, mean=mean, std=std)
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        max_batches: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, int64 labels) batches of ``split`` on the bundle's device.
+
+        With ``generator`` the order is ``torch.randperm`` drawn from it at this call
+        (on its device); without, the stored order. ``max_batches`` stops early.
+        """
+        y = self.labels(split)
+        chunks = _batch_chunks(len(y), batch_size, generator, max_batches)
+        return _index_batches(getattr(self, f"x_{split}"), y, chunks)
+
     def __repr__(self) -> str:
         def dims(x: torch.Tensor) -> str:
             return "x".join(str(d) for d in x.shape)
@@ -161,6 +270,398 @@ class DataBundle:
             f"test={dims(self.x_test)}, num_classes={self.num_classes}, augment={self.augment!r}, "
             f"device={self.x_train.device})"
         )
+
+
+def _index_batches(
+    x: torch.Tensor, y: torch.Tensor, chunks: Sequence[slice | torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for idx in chunks:
+        yield x[idx], y[idx]
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """Images decoded on demand, indexed like the uint8 (N, C, H, W) tensor it never builds.
+
+    ``source[i]`` decodes image ``i`` into a uint8 (C, H, W) tensor; ``source[idx]``
+    with an index tensor (or slice) is the subset at those positions, still
+    undecoded, so the splitting code treats sources and tensors alike. Sources
+    travel to DataLoader worker processes: they hold paths or a dataset object,
+    never open files. Subclasses implement ``_decode(item)``.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], count: int) -> None:
+        self._image_shape = tuple(int(d) for d in image_shape)
+        self._items = np.arange(count, dtype=np.int64)  # positions in the underlying collection
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), *self._image_shape)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, torch.Tensor) and index.dim() == 0:
+            index = int(index)
+        if isinstance(index, Integral):
+            item = int(self._items[index])
+            image = self._decode(item)
+            if tuple(image.shape) != self._image_shape or image.dtype != torch.uint8:
+                raise ValueError(
+                    f"{self._describe(item)} decodes to {image.dtype} {tuple(image.shape)}, "
+                    f"expected uint8 {self._image_shape}; images of different sizes need "
+                    "dataset.image_size, which resizes and center-crops them all"
+                )
+            return image
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        subset = copy.copy(self)
+        subset._items = self._items[index]
+        return subset
+
+    def decode_all(self, workers: int = 0) -> torch.Tensor:
+        """Every image as one resident uint8 (N, C, H, W) tensor, decoded by ``workers`` processes."""
+        x = torch.empty(self.shape, dtype=torch.uint8)
+        loader = torch.utils.data.DataLoader(self, batch_size=DECODE_BATCH, num_workers=workers)
+        pos = 0
+        for xb in loader:
+            x[pos : pos + len(xb)] = xb
+            pos += len(xb)
+        return x
+
+    def _decode(self, item: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _describe(self, item: int) -> str:
+        return f"image {item}"
+
+
+def _resize_crop(size: int | None, resize: int | None) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> uint8 (C, H, W): the shorter side resized to ``resize``, then the center
+    ``size`` x ``size`` crop (ImageNet's evaluation transform); None keeps the image as it is."""
+    tv = import_torchvision()
+    t = tv.transforms
+    steps = [] if size is None else [t.Resize(resize or size), t.CenterCrop(size)]
+    return t.Compose([*steps, t.PILToTensor()])
+
+
+class _ImageFiles(ImageSource):
+    """Image files, each converted to RGB (as ImageFolder's loader does), resized and center-cropped."""
+
+    def __init__(self, paths: Sequence[str], image_size: int, resize: int) -> None:
+        super().__init__((3, image_size, image_size), len(paths))
+        self._paths = list(paths)
+        self._size, self._resize = image_size, resize
+        self._transform: Callable[[Any], torch.Tensor] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_transform"] = None  # rebuilt in the worker
+        return state
+
+    def _decode(self, item: int) -> torch.Tensor:
+        from PIL import Image
+
+        if self._transform is None:
+            self._transform = _resize_crop(self._size, self._resize)
+        with open(self._paths[item], "rb") as f:
+            image = Image.open(f).convert("RGB")
+        return self._transform(image)
+
+    def _describe(self, item: int) -> str:
+        return self._paths[item]
+
+
+class _TorchvisionImages(ImageSource):
+    """The images of a torchvision dataset object (its ``transform`` unset), as uint8 tensors."""
+
+    def __init__(
+        self, dataset: Any, label: str, channels: int, image_size: int | None, resize: int | None,
+        image_shape: tuple[int, int, int],
+    ) -> None:
+        super().__init__(image_shape, len(dataset))
+        self._dataset, self._label = dataset, label
+        self._mode = "L" if channels == 1 else "RGB"
+        self._size, self._resize = image_size, resize
+        self._transform: Callable[[Any], torch.Tensor] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_transform"] = None
+        return state
+
+    def _decode(self, item: int) -> torch.Tensor:
+        return self.convert(self._dataset[item][0])
+
+    def convert(self, image: Any) -> torch.Tensor:
+        """One item's image (PIL, array or tensor) as uint8 (C, H, W) in this source's mode and size."""
+        from PIL import Image
+
+        if self._transform is None:
+            self._transform = _resize_crop(self._size, self._resize)
+        if isinstance(image, torch.Tensor):
+            image = import_torchvision().transforms.functional.to_pil_image(image)
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise ValueError(
+                f"dataset.class_name: {self._label} yields {type(image).__name__} images, "
+                "not PIL images, arrays or tensors"
+            )
+        if image.mode != self._mode:
+            image = image.convert(self._mode)
+        return self._transform(image)
+
+    def decode_all(self, workers: int = 0) -> torch.Tensor:
+        # Datasets that hold every image decoded already (MNIST's .data, CIFAR's, SVHN's):
+        # index that array instead of a PIL round trip per image, once two probes agree.
+        in_memory = self._in_memory() if self._size is None else None
+        if in_memory is not None:
+            return in_memory[torch.from_numpy(self._items)].contiguous()
+        return super().decode_all(workers)
+
+    def _in_memory(self) -> torch.Tensor | None:
+        data = getattr(self._dataset, "data", None)
+        try:
+            t = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(data))
+        except (TypeError, ValueError):
+            return None
+        if t.dtype != torch.uint8 or len(t) != len(self._dataset):
+            return None
+        channels = self._image_shape[0]
+        if t.dim() == 3:
+            t = t.unsqueeze(1)
+        elif t.dim() == 4 and t.shape[1] != channels and t.shape[-1] == channels:
+            t = t.permute(0, 3, 1, 2)  # (N, H, W, C), as CIFAR stores it
+        if t.dim() != 4 or tuple(t.shape[1:]) != self._image_shape:
+            return None
+        probes = {int(self._items[0]), int(self._items[-1])} if len(self) else set()
+        if not all(torch.equal(t[i], self._decode(i)) for i in probes):
+            return None
+        return t
+
+    def _describe(self, item: int) -> str:
+        return f"{self._label} item {item}"
+
+
+@dataclass(frozen=True, eq=False)
+class StreamingBundle(_BundleOps):
+    """Train/val/test splits whose images are decoded from their files batch by batch.
+
+    Labels are resident int64 tensors on ``device``; images come from
+    :class:`ImageSource` objects through one torch DataLoader whose
+    ``num_workers`` processes decode them (kept alive across epochs; 0: decode in
+    this process), into pinned memory when ``device`` is CUDA. Batches follow the
+    same order as a resident bundle's for the same generator.
+
+    ``normalization`` is (mean, std); None means the training split's own
+    statistics, computed by one pass over it when first needed (a model's own
+    normalization, set by :meth:`with_normalization`, makes that pass unnecessary).
+    """
+
+    name: str
+    train_images: ImageSource
+    val_images: ImageSource
+    test_images: ImageSource
+    y_train: torch.Tensor
+    y_val: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    augment: str | None = None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    num_workers: int = 0
+    device: torch.device = torch.device("cpu")
+    # the DataLoader (and its workers) and the computed statistics; per bundle object
+    _live: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    storage: ClassVar[str] = "streaming"
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.train_images.shape[1:])
+        for split in SPLITS:
+            x, y = getattr(self, f"{split}_images"), getattr(self, f"y_{split}")
+            if not isinstance(x, ImageSource) or tuple(x.shape[1:]) != shape:
+                raise ValueError(
+                    f"StreamingBundle.{split}_images: expected an ImageSource of {shape} images, got {x!r}"
+                )
+            if y.dtype != torch.int64 or tuple(y.shape) != (len(x),):
+                raise ValueError(
+                    f"StreamingBundle.y_{split}: expected an int64 tensor of shape ({len(x)},), "
+                    f"got {y.dtype} of shape {tuple(y.shape)}"
+                )
+        if self.normalization is not None:
+            _normalization_pair(*self.normalization, shape[0])
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, Integral) or self.num_workers < 0:
+            raise ValueError(f"StreamingBundle.num_workers: must be an int >= 0, got {self.num_workers!r}")
+        self._check_augment("StreamingBundle")
+        object.__setattr__(self, "device", torch.device(self.device))
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.train_images.shape[1:]
+        return (int(c), int(h), int(w))
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._normalization()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._normalization()[1]
+
+    def to(self, device: torch.device | str) -> StreamingBundle:
+        """A new bundle whose batches and labels land on ``device``."""
+        device = torch.device(device)
+        labels = {f"y_{s}": getattr(self, f"y_{s}").to(device) for s in SPLITS}
+        return self._replace(device=device, **labels)
+
+    def with_normalization(self, mean: Sequence[float], std: Sequence[float]) -> StreamingBundle:
+        """The same data normalized with ``mean``/``std`` (e.g. a pretrained model's own)."""
+        return self._replace(normalization=_normalization_pair(mean, std, self.in_shape[0]))
+
+    def with_workers(self, num_workers: int) -> StreamingBundle:
+        """The same data decoded by ``num_workers`` DataLoader processes (0: in this process)."""
+        return self._replace(num_workers=num_workers)
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        max_batches: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, int64 labels) batches of ``split`` on the bundle's device.
+
+        The same batches, in the same order, as :meth:`DataBundle.batches` on the
+        decoded data: the permutation is drawn from ``generator`` at this call.
+        """
+        y = self.labels(split)
+        # Before the permutation and outside any iteration: the statistics pass reads
+        # the training split through the same DataLoader.
+        self._normalization()
+        chunks = _batch_chunks(len(y), batch_size, generator, max_batches)
+        return self._stream(split, y, chunks)
+
+    def _stream(
+        self, split: str, y: torch.Tensor, chunks: Sequence[slice | torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        offset = sum(self.size(s) for s in SPLITS[: SPLITS.index(split)])
+        batches = [
+            list(range(c.start + offset, min(c.stop, len(y)) + offset))
+            if isinstance(c, slice)
+            else (c.cpu() + offset).tolist()
+            for c in chunks
+        ]
+        # Workers decode pieces of at most DECODE_BATCH images: an evaluation batch of
+        # 1024 is spread over the workers, and what is in flight stays bounded.
+        pieces = [b[i : i + DECODE_BATCH] for b in batches for i in range(0, len(b), DECODE_BATCH)]
+        loader, release = self._loader(pieces)
+        pinned = self.device.type == "cuda"
+        try:
+            decoded = iter(loader)
+            for batch, idx in zip(batches, chunks):
+                parts = [
+                    next(decoded).to(self.device, non_blocking=pinned)
+                    for _ in range(0, len(batch), DECODE_BATCH)
+                ]
+                yield (parts[0] if len(parts) == 1 else torch.cat(parts)), y[idx]
+        finally:
+            release()
+
+    def _loader(self, indices: list[list[int]]) -> tuple[Any, Callable[[], None]]:
+        """The DataLoader for one pass over ``indices`` (global positions in train+val+test)."""
+        live = self._live
+        if self.num_workers > 0 and not live.get("busy"):
+            # One loader whose workers outlive each pass: its batch list is swapped per pass
+            # (indices are drawn in this process, so the workers never see a stale order).
+            if "loader" not in live:
+                live["sampler"] = _BatchList([])
+                live["loader"] = self._data_loader(live["sampler"], persistent=True)
+            live["sampler"].batches = indices
+            live["busy"] = True
+            return live["loader"], lambda: live.update(busy=False)
+        # No workers, or a pass started inside another one: a loader of its own.
+        return self._data_loader(_BatchList(indices), persistent=False), lambda: None
+
+    def _data_loader(self, sampler: _BatchList, persistent: bool) -> torch.utils.data.DataLoader:
+        images = torch.utils.data.ConcatDataset([getattr(self, f"{s}_images") for s in SPLITS])
+        return torch.utils.data.DataLoader(
+            images,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+
+    def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.normalization is not None:
+            return self.normalization
+        if "stats" not in self._live:
+            counts = torch.zeros((self.in_shape[0], 256), dtype=torch.int64)
+            for xb, _ in self._stream("train", self.y_train, _batch_chunks(self.size("train"), DECODE_BATCH, None, None)):
+                counts += _channel_counts(xb)
+            self._live["stats"] = _stats_from_counts(counts)
+        return self._live["stats"]
+
+    def _replace(self, **changes: Any) -> StreamingBundle:
+        # computed statistics travel with the copy; the DataLoader does not (it is per device)
+        if "normalization" not in changes:
+            changes["normalization"] = self.normalization or self._live.get("stats")
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        def dims(x: ImageSource) -> str:
+            return "x".join(str(d) for d in x.shape)
+
+        return (
+            f"StreamingBundle(name={self.name!r}, train={dims(self.train_images)}, "
+            f"val={dims(self.val_images)}, test={dims(self.test_images)}, num_classes={self.num_classes}, "
+            f"augment={self.augment!r}, num_workers={self.num_workers}, device={self.device})"
+        )
+
+
+class _BatchList(torch.utils.data.Sampler):
+    """A batch sampler that yields a given list of index batches (swappable between passes)."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+#: A dataset as a trial sees it: resident tensors or streamed from files.
+Bundle = Union[DataBundle, StreamingBundle]
+
+
+def resident_limit_bytes() -> int:
+    """Bytes of decoded images that auto storage keeps resident (see RESIDENT_MEMORY_FRACTION)."""
+    if RESIDENT_LIMIT_BYTES is not None:
+        return int(RESIDENT_LIMIT_BYTES)
+    limits = [_host_memory_bytes()]
+    if torch.cuda.is_available():
+        limits.append(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return int(RESIDENT_MEMORY_FRACTION * min(limits))
+
+
+def _host_memory_bytes() -> int:
+    """Physical memory, or the container's memory limit when that is lower (cgroup v2 or v1)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit_file).read_text().strip()))  # "max": no limit
+    return total
+
+
+def _default_workers() -> int:
+    # The trial's CPU share is its torch thread count (the trainable sets it); one core
+    # stays with the training loop, the others decode.
+    return max(0, torch.get_num_threads() - 1)
+
 
 
 def random_crop_flip(
@@ -188,6 +689,8 @@ def random_crop_flip(
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+
+
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of ``x / 255`` for a uint8 (N, C, H, W) tensor.
 
@@ -197,13 +700,23 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     """
     if x.dtype != torch.uint8:
         raise ValueError(f"channel_stats: expected uint8 images, got {x.dtype}")
+    return _stats_from_counts(_channel_counts(x))
+
+
+def _channel_counts(x: torch.Tensor) -> torch.Tensor:
+    """(C, 256) int64 histogram of a uint8 (N, C, H, W) batch: summed over batches, it is
+    the whole split's, so a streamed split gets the same statistics as a resident one."""
+    return torch.stack([torch.bincount(x[:, ch].reshape(-1).cpu(), minlength=256) for ch in range(x.shape[1])])
+
+
+def _stats_from_counts(counts: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for ch in range(x.shape[1]):
-        counts = torch.bincount(x[:, ch].reshape(-1).cpu(), minlength=256).to(torch.float64)
-        total = counts.sum()
-        mean = float((counts * levels).sum() / total)
-        var = max(float((counts * levels**2).sum() / total) - mean**2, 0.0)
+    for ch in range(counts.shape[0]):
+        c = counts[ch].to(torch.float64)
+        total = c.sum()
+        mean = float((c * levels).sum() / total)
+        var = max(float((c * levels**2).sum() / total) - mean**2, 0.0)
         std = math.sqrt(var)
         means.append(mean)
         stds.append(std if std > 1e-8 else 1.0)
@@ -264,16 +777,18 @@ def _carve_test(
 class RawDataset(NamedTuple):
     """What a registered loader returns: the full train pool and the test split.
 
-    :func:`load_dataset` then holds out validation, applies ``train_subset`` and
-    computes the normalization statistics, the same way for every dataset.
+    :func:`load_dataset` then holds out validation, applies ``train_subset``,
+    decides resident or streaming (for ImageSources) and computes the
+    normalization statistics, the same way for every dataset.
     """
 
-    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    x_train: torch.Tensor | ImageSource  # uint8 (N, C, H, W), decoded or decoded on demand
     y_train: torch.Tensor  # int64 (N,)
-    x_test: torch.Tensor
+    x_test: torch.Tensor | ImageSource
     y_test: torch.Tensor
     num_classes: int
     augment: str | None
+    storage: str = "auto"  # the dataset.storage asked for; tensors are resident whatever it says
 
 
 # A loader is called as loader(root=..., download=..., split_seed=..., **options);
@@ -349,14 +864,20 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = False,
     **options: object,
-) -> DataBundle:
-    """Load dataset ``name`` fully into memory and split it deterministically.
+) -> Bundle:
+    """Load dataset ``name`` and split it deterministically: resident, or streamed from its files.
 
     ``val_size`` (a count, or a fraction of the official training examples) is
     held out of training; ``train_subset`` then keeps a random subset of that
     many training examples (validation and test are never shrunk). All splits
     depend on ``split_seed`` only. ``options`` are the dataset's own options
     (e.g. ``test_size`` for digits, ``image_size`` for imagefolder).
+
+    Data decoded by its loader (digits, Fashion-MNIST, CIFAR) is always a resident
+    :class:`DataBundle`. Image files (imagefolder, torchvision) follow the
+    ``storage`` option: ``auto`` keeps them resident when the decoded train, val and
+    test images fit under :func:`resident_limit_bytes`, else a
+    :class:`StreamingBundle` decodes them batch by batch; ``bundle.storage`` says which.
     """
     loader = DATASETS.get(name)
     _check_size(val_size, "dataset.val_size")
@@ -395,21 +916,60 @@ def load_dataset(
             .values
         )
         train_idx = train_idx[pick]
-    x_train = raw.x_train[train_idx].contiguous()
-    mean, std = channel_stats(x_train)
+    parts = {"train": raw.x_train[train_idx], "val": raw.x_train[val_idx], "test": raw.x_test}
+    labels = {
+        "train": raw.y_train[train_idx].contiguous(),
+        "val": raw.y_train[val_idx].contiguous(),
+        "test": raw.y_test.contiguous(),
+    }
+    if _choose_storage(name, raw.storage, parts) == "streaming":
+        return StreamingBundle(
+            name=name,
+            **{f"{s}_images": parts[s] for s in SPLITS},
+            **{f"y_{s}": labels[s] for s in SPLITS},
+            num_classes=raw.num_classes,
+            augment=raw.augment,
+            num_workers=_default_workers(),
+        )
+    workers = _default_workers()
+    x = {
+        s: v.contiguous() if isinstance(v, torch.Tensor) else v.decode_all(workers)
+        for s, v in parts.items()
+    }
+    mean, std = channel_stats(x["train"])
     return DataBundle(
         name=name,
-        x_train=x_train,
-        y_train=raw.y_train[train_idx].contiguous(),
-        x_val=raw.x_train[val_idx].contiguous(),
-        y_val=raw.y_train[val_idx].contiguous(),
-        x_test=raw.x_test.contiguous(),
-        y_test=raw.y_test.contiguous(),
+        x_train=x["train"],
+        y_train=labels["train"],
+        x_val=x["val"],
+        y_val=labels["val"],
+        x_test=x["test"],
+        y_test=labels["test"],
         num_classes=raw.num_classes,
         mean=mean,
         std=std,
         augment=raw.augment,
     )
+
+
+def _check_storage(storage: object) -> str:
+    if storage not in STORAGES:
+        raise ValueError(f"dataset.storage: must be one of {', '.join(STORAGES)}, got {storage!r}")
+    return str(storage)
+
+
+def _choose_storage(name: str, requested: str, parts: dict[str, torch.Tensor | ImageSource]) -> str:
+    """resident or streaming: what was asked for, or (auto) resident when the decoded images fit."""
+    if all(isinstance(v, torch.Tensor) for v in parts.values()):
+        return "resident"  # decoded by the loader already
+    requested = _check_storage(requested)
+    if requested != "auto":
+        return requested
+    needed, limit = sum(math.prod(v.shape) for v in parts.values()), resident_limit_bytes()
+    chosen = "resident" if needed <= limit else "streaming"
+    logger.info("dataset %s: %.2f GB of decoded images, resident limit %.2f GB: %s",
+                name, needed / 1e9, limit / 1e9, chosen)
+    return chosen
 
 
 # --------------------------------------------------------------------------- loaders
@@ -661,26 +1221,38 @@ def cifar100(*, root: str | None, download: bool, split_seed: int) -> RawDataset
     )
 
 
-def _read_image_folder(
-    root: str, image_size: int, field: str
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _check_image_size(image_size: object, resize: object, field: str = "dataset.image_size") -> None:
+    for name, value in ((field, image_size), ("dataset.resize", resize)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+            raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+    if resize is not None:
+        if image_size is None:
+            raise ValueError("dataset.resize: needs dataset.image_size, the side of the center crop taken after it")
+        if resize < image_size:  # type: ignore[operator]
+            raise ValueError(
+                f"dataset.resize: must be >= dataset.image_size ({image_size}): the shorter side is "
+                f"resized to {resize}, then the center {image_size}x{image_size} is cropped, got {resize}"
+            )
+
+
+def _image_folder(
+    root: str, image_size: int, resize: int, field: str
+) -> tuple[_ImageFiles, torch.Tensor, list[str]]:
+    """An ImageFolder tree as an undecoded ImageSource, its labels and its class names."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"{field}: {path} is not a directory; imagefolder expects {path}/<class_name>/<image>"
         )
     tv = import_torchvision()
-    t = tv.transforms
-    transform = t.Compose([t.Resize(image_size), t.CenterCrop(image_size), t.PILToTensor()])
     try:
-        # ImageFolder's default loader converts every image to RGB.
-        ds = tv.datasets.ImageFolder(str(path), transform=transform)
+        # Only lists the files (its rules pick the classes, their order and the image
+        # extensions); decoding happens in the ImageSource, resident or streaming.
+        ds = tv.datasets.ImageFolder(str(path))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{field}: {e}") from e
-    x = torch.empty((len(ds), 3, image_size, image_size), dtype=torch.uint8)
-    for i in range(len(ds)):
-        x[i] = ds[i][0]
-    return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+    images = _ImageFiles([p for p, _ in ds.samples], image_size, resize)
+    return images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
 
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -708,7 +1280,8 @@ def _check_image_tree(root: str, field: str) -> list[str]:
 
 @_data_check("imagefolder")
 def _check_imagefolder(
-    *, root: str | None, download: bool, test_root: str | None = None, test_size: object = None
+    *, root: str | None, download: bool, test_root: str | None = None, test_size: object = None,
+    image_size: object = 32, resize: object = None,
 ) -> None:
     if root is None:
         raise ValueError(
@@ -717,6 +1290,7 @@ def _check_imagefolder(
         )
     if test_root is not None and test_size is not None:
         raise ValueError("dataset.test_size: not used when dataset.test_root is set; give one of them")
+    _check_image_size(image_size, resize)
     classes = _check_image_tree(root, "dataset.root")
     if test_root is not None:
         test_classes = _check_image_tree(test_root, "dataset.test_root")
@@ -733,36 +1307,40 @@ def imagefolder(
     download: bool,
     split_seed: int,
     image_size: PositiveInt = 32,
+    resize: PositiveInt | None = None,
     test_root: str | None = None,
     test_size: Size | None = None,
+    storage: Storage = "auto",
 ) -> RawDataset:
     """Your own images, ROOT/<class_name>/<image>, resized and center-cropped to RGB image_size^2.
 
-    The test split is ``test_root`` (same class names) if given, else ``test_size``
-    (default 0.2) held out of ``root``. ``download`` is ignored.
+    Each image's shorter side is resized to ``resize`` (default ``image_size``), then
+    the center ``image_size`` x ``image_size`` is cropped: ``image_size: 224, resize:
+    256`` is ImageNet's evaluation transform. The test split is ``test_root`` (same
+    class names) if given, else ``test_size`` (default 0.2) held out of ``root``.
+    ``storage``: see :func:`load_dataset`. ``download`` is ignored.
     """
     if root is None:
         raise ValueError(
             "dataset.root: required for imagefolder: a directory with one sub-directory "
             "of images per class"
         )
-    if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size < 1:
-        raise ValueError(f"dataset.image_size: must be an int >= 1, got {image_size!r}")
+    _check_image_size(image_size, resize)
     if test_root is not None and test_size is not None:
         raise ValueError(
             "dataset.test_size: not used when dataset.test_root is set; give one of them"
         )
     if test_size is not None:
         _check_size(test_size, "dataset.test_size")
-    x, y, classes = _read_image_folder(root, int(image_size), "dataset.root")
+    _check_storage(storage)
+    size, resize = int(image_size), int(resize or image_size)
+    x, y, classes = _image_folder(root, size, resize, "dataset.root")
     if test_root is None:
         x_train, y_train, x_test, y_test = _carve_test(
             x, y, 0.2 if test_size is None else test_size, split_seed
         )
     else:
-        x_test, y_test, test_classes = _read_image_folder(
-            test_root, int(image_size), "dataset.test_root"
-        )
+        x_test, y_test, test_classes = _image_folder(test_root, size, resize, "dataset.test_root")
         if test_classes != classes:
             raise ValueError(
                 f"dataset.test_root: class folders {test_classes} differ from "
@@ -770,5 +1348,5 @@ def imagefolder(
             )
         x_train, y_train = x, y
     return RawDataset(
-        x_train, y_train, x_test, y_test, num_classes=len(classes), augment="crop_flip"
+        x_train, y_train, x_test, y_test, num_classes=len(classes), augment="crop_flip", storage=storage
     )

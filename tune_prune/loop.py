@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_prune.data import DataBundle
+from tune_prune.data import Bundle
 from tune_prune import models
 from tune_prune.pruning import budget as budget_policies
 from tune_prune.pruning import criteria
@@ -146,7 +146,7 @@ class FastPath:
 FP32 = FastPath()
 
 
-def fast_path_for(trial: TrialSpec, data: DataBundle, device: torch.device,
+def fast_path_for(trial: TrialSpec, data: Bundle, device: torch.device,
                   execution: dict[str, Any] | None) -> FastPath:
     """Resolve a spec's ``execution`` section for ``trial``'s model on ``device``."""
     execution = execution or {}
@@ -154,11 +154,9 @@ def fast_path_for(trial: TrialSpec, data: DataBundle, device: torch.device,
     return FastPath.resolve(execution.get("amp", "auto"), execution.get("channels_last", "auto"), device, probe)
 
 
-def model_view(trial: TrialSpec, data: DataBundle) -> DataBundle:
+def model_view(trial: TrialSpec, data: Bundle) -> Bundle:
     """``data`` normalised the way ``trial``'s model expects: its weights' own statistics when
     they define them (or model.normalize says so), else the training split's."""
-    import dataclasses
-
     norm = models.preferred_normalize(trial.model)
     if norm is None:
         return data
@@ -168,7 +166,7 @@ def model_view(trial: TrialSpec, data: DataBundle) -> DataBundle:
         if channels != 1:
             raise ValueError(f"model.normalize: {len(mean)} channel statistics for {channels}-channel images")
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    return dataclasses.replace(data, mean=tuple(mean), std=tuple(std))
+    return data.with_normalization(mean, std)
 
 
 def pick_device(gpu_share: float) -> torch.device:
@@ -179,17 +177,16 @@ def pick_device(gpu_share: float) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int = 1024,
+def evaluate(model: nn.Module, data: Bundle, split: str, batch_size: int = 1024,
              fast: FastPath = FP32) -> Evaluation:
     """Accuracy and mean cross-entropy of ``model`` on ``split`` ('val' or 'test')."""
-    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    y = data.labels(split)
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
-    for i in range(0, len(y), batch_size):
+    for xb, yb in data.batches(split, batch_size):
         with fast.autocast(y.device):
-            logits = model(fast.batch(data.prepare(x[i : i + batch_size], train=False)))
-        yb = y[i : i + batch_size]
+            logits = model(fast.batch(data.prepare(xb, train=False)))
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     # one device sync per evaluation, not two per batch
@@ -199,21 +196,21 @@ def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int = 1
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: DataBundle,
+    data: Bundle,
     batch_size: int,
     generator: torch.Generator,
     masks: MaskSet | ChannelPruner | None = None,
     fast: FastPath = FP32,
 ) -> float:
-    """One pass over the training split in a seeded random order; returns mean loss."""
+    """One pass over the training split in a seeded random order; returns mean loss.
+
+    The order is a permutation drawn from ``generator``, then each batch's augmentation
+    is drawn from it in turn: the same seed replays the same batches, resident or streamed.
+    """
     model.train()
-    n = len(data.y_train)
-    order = torch.randperm(n, generator=generator, device=generator.device)
     total, seen = 0.0, 0
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        xb = fast.batch(data.prepare(data.x_train[idx], train=True, generator=generator))
-        yb = data.y_train[idx]
+    for xb, yb in data.batches("train", batch_size, generator):
+        xb = fast.batch(data.prepare(xb, train=True, generator=generator))
         optimizer.zero_grad(set_to_none=True)
         with fast.autocast(xb.device):
             loss = F.cross_entropy(model(xb).float(), yb)
@@ -221,8 +218,8 @@ def train_epoch(
         optimizer.step()
         if masks is not None:
             masks.apply_()
-        total += loss.detach() * len(idx)
-        seen += len(idx)
+        total += loss.detach() * len(yb)
+        seen += len(yb)
     return float(total) / seen
 
 
@@ -231,7 +228,7 @@ GRADIENT_BATCHES = 16
 
 
 def gradient_statistics(
-    model: nn.Module, masks: MaskSet, data: DataBundle, batch_size: int, generator: torch.Generator,
+    model: nn.Module, masks: MaskSet, data: Bundle, batch_size: int, generator: torch.Generator,
     batches: int = GRADIENT_BATCHES,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Mean gradient and mean squared gradient of every prunable tensor over training batches.
@@ -242,14 +239,10 @@ def gradient_statistics(
     model.eval()
     mean = {n: torch.zeros_like(p) for n, p in masks.params.items()}
     sq = {n: torch.zeros_like(p) for n, p in masks.params.items()}
-    order = torch.randperm(len(data.y_train), generator=generator, device=generator.device)
     seen = 0
-    for b in range(batches):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        if len(idx) == 0:
-            break
+    for xb, yb in data.batches("train", batch_size, generator, max_batches=batches):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(data.prepare(data.x_train[idx], train=False)), data.y_train[idx]).backward()
+        F.cross_entropy(model(data.prepare(xb, train=False)), yb).backward()
         for n, p in masks.params.items():
             mean[n] += p.grad
             sq[n] += p.grad.pow(2)
@@ -273,7 +266,7 @@ def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> t
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def new_model(trial: TrialSpec, data: DataBundle, seed: int, weights: bool = False) -> nn.Module:
+def new_model(trial: TrialSpec, data: Bundle, seed: int, weights: bool = False) -> nn.Module:
     """``trial``'s network for ``data``: a seeded random init, or (``weights``) its starting weights."""
     torch.manual_seed(seed)
     return models.build(trial.model, data.in_shape, data.num_classes, weights=weights)
@@ -281,7 +274,7 @@ def new_model(trial: TrialSpec, data: DataBundle, seed: int, weights: bool = Fal
 
 def pretrain_dense(
     trial: TrialSpec,
-    data: DataBundle,
+    data: Bundle,
     device: torch.device,
     progress: Callable[[int, Evaluation], None] | None = None,
     fast: FastPath = FP32,
@@ -319,7 +312,7 @@ def pretrain_dense(
     return {k: v.detach().cpu().contiguous() for k, v in best_state.items()}, result
 
 
-def _as_is(model: nn.Module, data: DataBundle, fast: FastPath) -> tuple[dict[str, torch.Tensor], PretrainResult]:
+def _as_is(model: nn.Module, data: Bundle, fast: FastPath) -> tuple[dict[str, torch.Tensor], PretrainResult]:
     """The starting weights taken as the dense model (pretrain.epochs: 0): evaluated once, not trained."""
     start = time.perf_counter()
     val, test = evaluate(model, data, "val", fast=fast), evaluate(model, data, "test", fast=fast)
@@ -330,7 +323,7 @@ def _as_is(model: nn.Module, data: DataBundle, fast: FastPath) -> tuple[dict[str
 
 def run_trial(
     trial: TrialSpec,
-    data: DataBundle,
+    data: Bundle,
     dense_state: dict[str, torch.Tensor],
     device: torch.device,
     hooks: Hooks | None = None,
@@ -439,7 +432,7 @@ def run_trial(
     return records
 
 
-def _pruner(trial: TrialSpec, model: nn.Module, data: DataBundle, device: torch.device,
+def _pruner(trial: TrialSpec, model: nn.Module, data: Bundle, device: torch.device,
             state: dict[str, Any] | None = None) -> MaskSet | ChannelPruner:
     """Masks (unstructured) or a channel pruner (structured) for ``model``, restored from ``state``."""
     if trial.structure == STRUCTURED:
