@@ -841,6 +841,8 @@ def describe(name: str, *, root: str | None = None, **options: object) -> tuple[
         size = int(options.get("image_size", 32))  # type: ignore[call-overload]
         classes = _check_image_tree(str(root), "dataset.root") if root is not None else []
         return (3, size, size), len(classes)
+    if name == "torchvision":
+        return _torchvision_describe(root, **options)  # type: ignore[arg-type]
     raise ValueError(f"dataset.name: no shape known for {name!r}")
 
 
@@ -1349,4 +1351,357 @@ def imagefolder(
         x_train, y_train = x, y
     return RawDataset(
         x_train, y_train, x_test, y_test, num_classes=len(classes), augment="crop_flip", storage=storage
+    )
+
+
+# --------------------------------------------------------------------------- torchvision by class name
+
+
+class _TvInfo(NamedTuple):
+    channels: int  # after decoding: 1 for grayscale datasets, else 3 (RGB)
+    size: tuple[int, int] | None  # native (H, W); None: the images vary in size
+    classes: int | None  # None: depends on the arguments; read from the data
+
+
+_VARIES = None
+#: torchvision.datasets classes that yield (image, class index) pairs. Grayscale ones decode
+#: to one channel (as fashion_mnist does), the rest to RGB; what is not listed is read from the data.
+_TORCHVISION_CLASSES: dict[str, _TvInfo] = {
+    "CIFAR10": _TvInfo(3, (32, 32), 10),
+    "CIFAR100": _TvInfo(3, (32, 32), 100),
+    "Caltech101": _TvInfo(3, _VARIES, None),
+    "Caltech256": _TvInfo(3, _VARIES, None),
+    "Country211": _TvInfo(3, _VARIES, 211),
+    "DTD": _TvInfo(3, _VARIES, 47),
+    "EMNIST": _TvInfo(1, (28, 28), None),
+    "EuroSAT": _TvInfo(3, (64, 64), 10),
+    "FER2013": _TvInfo(1, (48, 48), 7),
+    "FGVCAircraft": _TvInfo(3, _VARIES, None),
+    "FakeData": _TvInfo(3, None, None),  # shape and classes come from its kwargs
+    "FashionMNIST": _TvInfo(1, (28, 28), 10),
+    "Flowers102": _TvInfo(3, _VARIES, 102),
+    "Food101": _TvInfo(3, _VARIES, 101),
+    "GTSRB": _TvInfo(3, _VARIES, 43),
+    "ImageNet": _TvInfo(3, _VARIES, 1000),
+    "Imagenette": _TvInfo(3, _VARIES, 10),
+    "KMNIST": _TvInfo(1, (28, 28), 10),
+    "MNIST": _TvInfo(1, (28, 28), 10),
+    "OxfordIIITPet": _TvInfo(3, _VARIES, 37),
+    "PCAM": _TvInfo(3, (96, 96), 2),
+    "Places365": _TvInfo(3, _VARIES, 365),
+    "QMNIST": _TvInfo(1, (28, 28), 10),
+    "RenderedSST2": _TvInfo(3, _VARIES, 2),
+    "SEMEION": _TvInfo(1, (16, 16), 10),
+    "STL10": _TvInfo(3, (96, 96), 10),
+    "SUN397": _TvInfo(3, _VARIES, 397),
+    "SVHN": _TvInfo(3, (32, 32), 10),
+    "StanfordCars": _TvInfo(3, _VARIES, 196),
+    "USPS": _TvInfo(1, (16, 16), 10),
+}
+TorchvisionClass = Literal[tuple(sorted(_TORCHVISION_CLASSES))]  # type: ignore[valid-type]
+#: (train, test) split names of classes whose constructor takes split=, where they are not train/test.
+_TORCHVISION_SPLITS = {
+    "FGVCAircraft": ("trainval", "test"),
+    "ImageNet": ("train", "val"),
+    "Imagenette": ("train", "val"),
+    "OxfordIIITPet": ("trainval", "test"),
+    "Places365": ("train-standard", "val"),
+}
+_TV_SET_BY_US = ("root", "download", "transform", "target_transform", "transforms")
+
+
+def _torchvision_class(class_name: object) -> type:
+    """The torchvision.datasets class named ``class_name``; the error lists the accepted names."""
+    if class_name not in _TORCHVISION_CLASSES:
+        raise ValueError(
+            f"dataset.class_name: unknown torchvision classification dataset {class_name!r}; "
+            f"accepted: {', '.join(sorted(_TORCHVISION_CLASSES))}"
+        )
+    tv = import_torchvision()
+    cls = getattr(tv.datasets, str(class_name), None)
+    if cls is None:
+        raise ValueError(
+            f"dataset.class_name: {class_name} is not in the installed torchvision {tv.__version__}"
+        )
+    return cls
+
+
+def _torchvision_layout(cls: type) -> str:
+    """How a class picks its official splits: a train= flag, a split= name, or neither (one pool)."""
+    params = inspect.signature(cls).parameters
+    # MNIST's subclasses (EMNIST, QMNIST) take train= through **kwargs; EMNIST's split= picks letters/digits
+    if "train" in params or issubclass(cls, import_torchvision().datasets.MNIST):
+        return "train"
+    return "split" if "split" in params else "pool"
+
+
+def _check_torchvision_options(
+    cls: type, class_name: str, train_split: object, test_split: object, test_size: object, kwargs: object
+) -> dict[str, Any]:
+    """Refuse options the class's layout does not use; return the extra constructor kwargs."""
+    layout = _torchvision_layout(cls)
+    if layout != "split":
+        for name, value in (("train_split", train_split), ("test_split", test_split)):
+            if value is not None:
+                raise ValueError(
+                    f"dataset.{name}: torchvision {class_name} takes no split= argument"
+                    + (" (its official splits come from train=)" if layout == "train" else "")
+                )
+    elif any(not (v is None or isinstance(v, str)) for v in (train_split, test_split)):
+        raise ValueError("dataset.train_split/test_split: must be split names such as train, val or test")
+    if layout != "pool" and test_size is not None:
+        raise ValueError(
+            f"dataset.test_size: torchvision {class_name} has an official test split; "
+            "test_size only applies to datasets without one"
+        )
+    if test_size is not None:
+        _check_size(test_size, "dataset.test_size")
+    if kwargs is None or (isinstance(kwargs, (list, tuple)) and not kwargs):
+        extra: dict[str, Any] = {}  # an empty mapping comes back from a frozen spec as ()
+    elif isinstance(kwargs, dict):
+        extra = dict(kwargs)
+    else:
+        raise ValueError(f"dataset.kwargs: must be a mapping of keyword arguments, got {kwargs!r}")
+    ours = set(_TV_SET_BY_US) | ({"train"} if layout == "train" else {"split"} if layout == "split" else set())
+    taken = sorted(ours & set(extra))
+    if taken:
+        raise ValueError(
+            f"dataset.kwargs: {', '.join(taken)} is set by tune_prune (use dataset.root, dataset.download, "
+            "dataset.train_split/test_split, dataset.image_size)"
+        )
+    params = inspect.signature(cls).parameters
+    needed = [
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in ours and n not in extra
+    ]
+    if needed:
+        raise ValueError(
+            f"dataset.kwargs: torchvision {class_name} needs {', '.join(needed)} "
+            f"(e.g. kwargs: {{{needed[0]}: ...}}); see torchvision.datasets.{class_name}"
+        )
+    return extra
+
+
+def _torchvision_shape(
+    class_name: str, image_size: int | None, extra: dict[str, Any]
+) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)) of the decoded images; refused when they vary and image_size is not set."""
+    info = _TORCHVISION_CLASSES[class_name]
+    channels, size = info.channels, info.size
+    if class_name == "FakeData":
+        shape = tuple(extra.get("image_size", (3, 224, 224)))
+        channels, size = (1 if shape[0] == 1 else 3), (int(shape[1]), int(shape[2]))
+    if image_size is not None:
+        return channels, (int(image_size), int(image_size))
+    if size is _VARIES:
+        raise ValueError(
+            f"dataset.image_size: torchvision {class_name} images vary in size; set image_size "
+            "(e.g. image_size: 224 with resize: 256, ImageNet's evaluation transform)"
+        )
+    return channels, size
+
+
+def _open_torchvision(cls: type, class_name: str, base: Path, download: bool, extra: dict[str, Any]) -> Any:
+    params = inspect.signature(cls).parameters
+    mnist_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values()) and issubclass(
+        cls, import_torchvision().datasets.MNIST
+    )
+    kw = dict(extra)
+    if "root" in params:
+        kw["root"] = str(base)
+    if "download" in params or mnist_kwargs:
+        kw["download"] = download
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"dataset.kwargs: torchvision {class_name}({_shown_kwargs(kw)}) refused them: {e}") from e
+    except (RuntimeError, OSError) as e:  # torchvision's "Dataset not found or corrupted"
+        raise FileNotFoundError(
+            f"dataset.root: torchvision {class_name} found no usable files under {base}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Point dataset.root (or "
+            f"${ENV_DATA_ROOT}) at the directory torchvision.datasets.{class_name} expects as its root, or set "
+            "`download: true` (dataset.download) on a machine with internet"
+        ) from e
+
+
+def _shown_kwargs(kw: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kw.items())
+
+
+def _label_int(value: Any, class_name: str) -> int:
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(
+            f"dataset.class_name: torchvision {class_name} yields {type(value).__name__} targets, "
+            "not class indices; only classification datasets can be used"
+        )
+    return int(value)
+
+
+def _torchvision_labels(ds: Any, class_name: str) -> torch.Tensor:
+    """Every item's class index, read from the dataset's own label list when it has one."""
+    n = len(ds)
+    labels = None
+    for attr in ("targets", "labels", "_labels", "y", "samples", "_samples", "imgs"):
+        value = getattr(ds, attr, None)
+        if value is None:
+            continue
+        try:
+            if attr in ("samples", "_samples", "imgs"):
+                value = [pair[1] for pair in value]
+            t = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, IndexError, KeyError):
+            continue
+        if t.dim() == 1 and len(t) == n and not t.is_floating_point() and t.dtype != torch.bool:
+            labels = t.to(torch.int64)
+            break
+    # The attribute is only trusted when it agrees with what the items say (QMNIST's
+    # targets, for one, are rows of eight numbers).
+    if labels is not None and not all(
+        _label_int(ds[i][1], class_name) == int(labels[i]) for i in {0, n - 1} if n
+    ):
+        labels = None
+    if labels is None:
+        labels = torch.tensor([_label_int(ds[i][1], class_name) for i in range(n)], dtype=torch.int64)
+    if n and int(labels.min()) < 0:
+        raise ValueError(
+            f"dataset.class_name: torchvision {class_name} has unlabeled items (label {int(labels.min())}); "
+            "choose a labeled split (dataset.train_split / test_split)"
+        )
+    return labels
+
+
+def _torchvision_source(
+    ds: Any, class_name: str, channels: int, size: tuple[int, int], image_size: int | None, resize: int | None
+) -> _TorchvisionImages:
+    return _TorchvisionImages(ds, f"torchvision {class_name}", channels, image_size, resize, (channels, *size))
+
+
+def _declared_classes(ds: Any) -> int:
+    """The class count a dataset object states (its class names, or FakeData's num_classes); 0 if none."""
+    count = getattr(ds, "num_classes", None)
+    if isinstance(count, Integral) and not isinstance(count, bool):
+        return int(count)
+    names = getattr(ds, "classes", None)
+    return len(names) if isinstance(names, Sequence) else 0
+
+
+def _torchvision_num_classes(datasets: Sequence[Any], labels: Sequence[torch.Tensor]) -> int:
+    declared = max((_declared_classes(d) for d in datasets), default=0)
+    seen = max((int(y.max()) + 1 for y in labels if len(y)), default=0)
+    return max(declared, seen)
+
+
+@_data_check("torchvision")
+def _check_torchvision(
+    *, root: str | None, download: bool, class_name: object = None, image_size: object = None,
+    resize: object = None, train_split: object = None, test_split: object = None,
+    test_size: object = None, kwargs: object = None,
+) -> None:
+    cls = _torchvision_class(class_name)
+    _check_image_size(image_size, resize)
+    extra = _check_torchvision_options(cls, str(class_name), train_split, test_split, test_size, kwargs)
+    _torchvision_shape(str(class_name), image_size, extra)  # type: ignore[arg-type]
+    if class_name == "FashionMNIST":
+        _check_fashion_mnist(root=root, download=download)
+        return
+    base = data_root(root)
+    if "root" in inspect.signature(cls).parameters and not download and not base.is_dir():
+        raise FileNotFoundError(
+            f"dataset.root: {base} does not exist; torchvision {class_name} reads its files from there. "
+            f"Point dataset.root (or ${ENV_DATA_ROOT}) at the directory torchvision.datasets.{class_name} "
+            "expects as its root, or set `download: true` (dataset.download) on a machine with internet"
+        )
+
+
+def _torchvision_describe(
+    root: str | None, class_name: object = None, image_size: int | None = None,
+    train_split: str | None = None, kwargs: object = None, **_: object,
+) -> tuple[tuple[int, int, int], int]:
+    cls = _torchvision_class(class_name)
+    name = str(class_name)
+    extra = _check_torchvision_options(cls, name, train_split, None, None, kwargs)
+    channels, size = _torchvision_shape(name, image_size, extra)
+    classes = _TORCHVISION_CLASSES[name].classes
+    if classes is not None:
+        return (channels, *size), classes
+    # EMNIST's classes depend on its split, FakeData's on its kwargs: open the data (no download)
+    ds = _open_torchvision(cls, name, data_root(root), False, {**extra, **_torchvision_split(cls, name, train_split, True)})
+    classes = _declared_classes(ds) or _torchvision_num_classes([ds], [_torchvision_labels(ds, name)])
+    return (channels, *size), classes
+
+
+def _torchvision_split(cls: type, class_name: str, split: str | None, train: bool) -> dict[str, Any]:
+    """The constructor argument that selects the training (``train``) or test split."""
+    layout = _torchvision_layout(cls)
+    if layout == "train":
+        return {"train": train}
+    if layout == "split":
+        default = _TORCHVISION_SPLITS.get(class_name, ("train", "test"))[0 if train else 1]
+        return {"split": split or default}
+    return {}
+
+
+@DATASETS.register
+def torchvision(
+    *,
+    root: str | None,
+    download: bool,
+    split_seed: int,
+    class_name: TorchvisionClass,
+    image_size: PositiveInt | None = None,
+    resize: PositiveInt | None = None,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    test_size: Size | None = None,
+    kwargs: dict[str, Any] | None = None,
+    storage: Storage = "auto",
+) -> RawDataset:
+    """A classification dataset of torchvision.datasets by class name (MNIST, CIFAR10, SVHN, STL10, ...).
+
+    Read by torchvision from ``root`` (``download`` fetches it where there is
+    internet). Grayscale datasets give 1-channel images, the others RGB;
+    ``image_size`` resizes the shorter side to ``resize`` (default image_size) and
+    center-crops, as imagefolder does; without it images keep their native size.
+    The official splits come from ``train=`` or ``split=`` (``train_split`` /
+    ``test_split`` name them where the defaults, train and test, do not fit);
+    datasets without one hold ``test_size`` (default 0.2) out. ``kwargs`` are more
+    constructor arguments (e.g. ``{split: balanced}`` for EMNIST). RGB data gets
+    crop/flip augmentation, grayscale none, as cifar10 and fashion_mnist do.
+    """
+    cls = _torchvision_class(class_name)
+    name = str(class_name)
+    _check_image_size(image_size, resize)
+    _check_storage(storage)
+    extra = _check_torchvision_options(cls, name, train_split, test_split, test_size, kwargs)
+    channels, size = _torchvision_shape(name, image_size, extra)
+    base = data_root(root)
+    if name == "FashionMNIST":
+        missing = _stage_fashion_mnist(base / "FashionMNIST" / "raw")
+        if missing and not download:
+            raise FileNotFoundError(_fashion_mnist_missing(missing, base))
+    size_args = (int(image_size) if image_size else None, int(resize or image_size) if image_size else None)
+    pool = _open_torchvision(cls, name, base, download, {**extra, **_torchvision_split(cls, name, train_split, True)})
+    x, y = _torchvision_source(pool, name, channels, size, *size_args), _torchvision_labels(pool, name)
+    opened = [pool]
+    if _torchvision_layout(cls) == "pool":
+        x_train, y_train, x_test, y_test = _carve_test(x, y, 0.2 if test_size is None else test_size, split_seed)
+    else:
+        test = _open_torchvision(cls, name, base, download, {**extra, **_torchvision_split(cls, name, test_split, False)})
+        opened.append(test)
+        x_train, y_train = x, y
+        x_test, y_test = _torchvision_source(test, name, channels, size, *size_args), _torchvision_labels(test, name)
+        if tuple(x_test.shape[1:]) != tuple(x_train.shape[1:]):
+            raise ValueError(
+                f"dataset.image_size: torchvision {name}'s test images are {tuple(x_test.shape[2:])}, its training "
+                f"images {tuple(x_train.shape[2:])}; set image_size to bring both to one size"
+            )
+    return RawDataset(
+        x_train, y_train, x_test, y_test,
+        num_classes=_torchvision_num_classes(opened, [y_train, y_test]),
+        augment="crop_flip" if channels == 3 else None,
+        storage=storage,
     )
