@@ -123,7 +123,7 @@ def test_worker_and_driver_killed_on_two_nodes_then_resumed(tmp_path, monkeypatc
                         continue
                     runs = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'trial'")
                     if not worker_killed and any(r.data.metrics.get("sparsity") for r in runs):
-                        for pid in _trial_workers():  # a trial worker dies mid fine-tune
+                        for pid in _trial_workers(address):  # a trial worker dies mid fine-tune
                             os.kill(pid, signal.SIGKILL)
                         worker_killed = True
                         continue

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import signal
 import threading
 import time
@@ -19,18 +20,43 @@ SLOW = slow_digits("kill_worker", budget={"epochs": 40, "policy": "even"}, targe
                    max_failures=2, strategies={"geometric": {"rate0": 0.4, "patience": None, "epochs_per_event": 8}})
 
 
-def _trial_workers() -> list[int]:
-    pids = []
+def _processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, command line) of every process readable now."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            stat = (proc / "stat").read_text()
+            args = (proc / "cmdline").read_bytes().decode(errors="ignore").split("\0")
         except OSError:
             continue
-        if cmd.startswith("ray::ImplicitFunc"):
-            pids.append(int(proc.name))
-    return pids
+        found[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), args)
+    return found
+
+
+def _trial_workers(gcs_address: str | None = None) -> list[int]:
+    """PIDs of the Ray Tune trial workers of this test's own Ray, never another test's.
+
+    A worker is a child of its node's raylet. The raylets taken are those serving the GCS
+    at gcs_address (a cluster from `ray start`), or else those this process started (a
+    local Ray of a sweep run in-process).
+    """
+    procs = _processes()
+
+    def mine(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = procs.get(pid, (0, []))[0]
+        return False
+
+    port = gcs_address.rsplit(":", 1)[1] if gcs_address else None
+    raylets = {pid for pid, (_, args) in procs.items() if args[0].endswith("/raylet")
+               and (any(a.startswith("--gcs-address=") and a.endswith(f":{port}") for a in args)
+                    if port else mine(pid))}
+    return [pid for pid, (parent, args) in procs.items()
+            if parent in raylets and args[0].startswith("ray::ImplicitFunc")]
 
 
 def _kill_after_checkpoint(storage: Path, checkpoint: str, killed: list, stop: threading.Event) -> None:
@@ -88,10 +114,41 @@ DRIVER = slow_digits("kill_driver", strategies={
     "one_shot": {"patience": None, "epochs_per_event": 6}})
 
 
-def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tmp_path):
-    import subprocess
-    import sys
+def _kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants at one moment, as when their machine dies.
 
+    They are frozen first (SIGSTOP), so that none of them goes on writing (a trial worker
+    saving one more event's state) or starts a process while the rest is being found.
+    Other processes on the machine, other tests' Ray included, are left alone.
+    """
+    frozen: set[int] = set()
+    while True:
+        procs = _processes()
+        tree, grew = {root}, True
+        while grew:
+            children = {pid for pid, (parent, _) in procs.items() if parent in tree} - tree
+            tree |= children
+            grew = bool(children)
+        new = tree - frozen
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        frozen |= new
+    for pid in frozen:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+RESUME_LINE = re.compile(r"resuming: (\d+) of (\d+) trials finished, (\d+) resume(?: \(([^)]*)\))?, (\d+) start fresh")
+
+
+def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tmp_path, capfd):
     import yaml
 
     from tune_prune.cli import main
@@ -116,34 +173,57 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
             done = {r.data.tags["tune_prune.trial_key"]: r.info.end_time for r in runs if r.info.status == "FINISHED"}
             if len(done) >= 2 and len(done) < n_trials:
                 finished_before = done
-                os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+                _kill_tree(proc.pid)  # the driver and everything it started, its local Ray included
                 break
     assert finished_before, "the driver finished (or never got going) before it could be killed:\n" + \
         (tmp_path / "driver.log").read_text()[-3000:]
-    # the local Ray cluster the driver started is orphaned: take it down as a dead machine would be
-    ray_cli = Path(sys.executable).parent / "ray"
-    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kill_driver")
+    # what had finished when everything died (a trial may finish just before the kill lands)
+    settled = {r.data.tags["tune_prune.trial_key"]: r.info.end_time for r in client.search_runs(
+        [exp.experiment_id], "tags.`tune_prune.kind` != 'sweep'") if r.info.status == "FINISHED"}
+    assert settled.items() >= finished_before.items()
 
     (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
+    capfd.readouterr()
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
         assert main(["resume", str(sweep_dir)]) == 0
     finally:
         os.chdir(old)
+    captured = capfd.readouterr()
+    output = captured.out + captured.err
+    # Ray's restore warns about every trial that had reported nothing yet: not shown to users
+    assert "FileNotFoundError" not in output, output[-3000:]
 
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("kill_driver")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'sweep'")
     assert parent.info.status == "FINISHED" and parent.data.tags["tune_prune.resumes"] == "1"
     runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     keys = [r.data.tags["tune_prune.trial_key"] for r in runs]
     assert len(keys) == len(set(keys)) == n_trials  # one child run per trial
+    # The summary line before the restart names what each trial then really did: the finished
+    # ones were not rerun, each resumed one resumed after the event announced (its run's
+    # resumed_after_event tag), and the rest started from the dense model (no such tag).
+    (line,) = [m for m in RESUME_LINE.finditer(captured.out)]
+    n_finished, total, n_resumed, detail, n_fresh = line.groups()
+    assert (int(n_finished), int(total)) == (len(settled), n_trials)
+    resumed_after = sorted(int(r.data.tags["tune_prune.resumed_after_event"]) for r in runs
+                           if r.data.tags["tune_prune.trial_key"] not in settled
+                           and "tune_prune.resumed_after_event" in r.data.tags)
+    announced = sorted(int(e) for n, e in re.findall(r"(\d+) after event (\d+)", detail or "")
+                       for _ in range(int(n)))
+    assert announced == resumed_after and int(n_resumed) == len(resumed_after)
+    assert int(n_fresh) == n_trials - len(settled) - len(resumed_after)
+    # and the progress counter goes on from the finished trials instead of starting at 0
+    counts = [int(c) for c in re.findall(rf"^\[(\d+)/{n_trials} trials", captured.out, re.M)]
+    assert counts and counts[0] in (len(settled), len(settled) + 1) and counts[-1] == n_trials, counts
+    assert counts == sorted(counts)
     for r in runs:
         assert r.info.status == "FINISHED"
         key = r.data.tags["tune_prune.trial_key"]
-        if key in finished_before:
-            assert r.info.end_time == finished_before[key]  # not rerun
+        if key in settled:
+            assert r.info.end_time == settled[key]  # not rerun
         if r.data.params["schedule"] != "dense":
             n = int(r.data.params["n_events"])
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "sparsity")]

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
 
 import pandas as pd
 
@@ -64,26 +64,40 @@ def _removed(result: dict[str, Any]) -> str:
     return f" (params -{result.get('param_sparsity', 0) * 100:.1f}%, MACs -{result['mac_sparsity'] * 100:.1f}%)"
 
 
-def _progress_callback(total: int):
+def _progress_callback(total: int, finished: Iterable[str] = ()):
+    """The sweep's progress printer; `finished`: names of trials that finished before a resume."""
     from ray import tune
+
+    already = frozenset(finished)
 
     class Progress(tune.Callback):
         """One line per finished prune event and per finished trial.
 
         Tune pickles callbacks with its experiment state, so this holds no stream:
-        it prints to whatever sys.stdout is when it is called.
+        it prints to whatever sys.stdout is when it is called. Trials that had finished
+        before a resume count from the start and print nothing when Tune replays them.
         """
 
         def __init__(self) -> None:
-            self.done = 0
+            self.counted = set(already)
             self.start = time.perf_counter()
 
         def _say(self, msg: str) -> None:
             elapsed = time.perf_counter() - self.start
-            count = f"{self.done}/{total}" if total else f"{self.done}"
+            done = len(self.counted)
+            count = f"{done}/{total}" if total else f"{done}"
             print(f"[{count} trials, {elapsed:5.0f}s] {msg}", flush=True)
 
+        def _count(self, trial) -> bool:
+            """Count a trial once; False if it was counted already."""
+            if trial.custom_trial_name in self.counted:
+                return False
+            self.counted.add(trial.custom_trial_name)
+            return True
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if trial.custom_trial_name in already:
+                return  # a finished trial reporting its recorded result again, nothing new
             # Progress output must never fail a sweep: read defensively.
             if result.get("n_events") and "event" in result:
                 self._say(f"{trial.custom_trial_name} event {int(result['event'])}/{int(result['n_events'])}"
@@ -92,14 +106,16 @@ def _progress_callback(total: int):
                           f" cost {int(result.get('cost_epochs', 0))} epochs")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
+            if not self._count(trial):
+                return
             last = trial.last_result or {}
             self._say(f"done {trial.custom_trial_name}: sparsity {last.get('sparsity', 0):.4f}{_removed(last)}"
                       f" test {last.get('test_accuracy', float('nan')):.4f}"
                       f" cost {int(last.get('cost_epochs', 0))} epochs")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
+            if not self._count(trial):
+                return
             self._say(f"FAILED {trial.custom_trial_name}: see {trial.error_file or 'the Ray log'}")
 
     return Progress()
@@ -431,6 +447,63 @@ def run_sweep(
     return _finish(spec, tracker, experiment, failed, t_start)
 
 
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where each trial of an interrupted grid sweep stands, before it is resumed.
+
+    finished: names of trials whose MLflow child run FINISHED (Tune replays them without
+    training); resume_after: trial name -> prune events its state copy holds (it
+    continues with the next one); fresh: names of trials that start from the dense model.
+    """
+
+    total: int
+    finished: tuple[str, ...]
+    resume_after: dict[str, int]
+    fresh: tuple[str, ...]
+
+    @classmethod
+    def of(cls, trials: list[TrialSpec], tracker, ctx: dict[str, Any]) -> "ResumePlan":
+        from tune_prune.tracking import TAG_TRIAL_KEY, child_runs
+        from tune_prune.trainable import events_saved
+
+        done_keys = {r.data.tags.get(TAG_TRIAL_KEY) for r in child_runs(tracker.uri, tracker.experiment_id,
+                                                                      tracker.parent_run_id)
+                     if r.info.status == "FINISHED"}
+        finished, resume_after, fresh = [], {}, []
+        for t in trials:
+            if t.key in done_keys:
+                finished.append(t.name)
+            elif not t.is_dense and (events := events_saved(ctx, t)) > 0:
+                resume_after[t.name] = events
+            else:
+                fresh.append(t.name)
+        return cls(len(trials), tuple(finished), resume_after, tuple(fresh))
+
+    def summary(self) -> str:
+        """One line, e.g. 'resuming: 7 of 20 trials finished, 3 resume (2 after event 3, 1 after
+        event 1), 10 start fresh'."""
+        from collections import Counter
+
+        by_event = sorted(Counter(self.resume_after.values()).items(), reverse=True)
+        detail = ", ".join(f"{n} after event {e}" for e, n in by_event)
+        resume = f"{len(self.resume_after)} resume" + (f" ({detail})" if detail else "")
+        return f"resuming: {len(self.finished)} of {self.total} trials finished, {resume}, {len(self.fresh)} start fresh"
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    """Only errors from this logger while the body runs."""
+    import logging
+
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | None = None) -> SweepOutcome:
     """Finish a grid sweep whose driver died: restore its Tuner, rerun nothing that finished.
 
@@ -454,6 +527,8 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
     tracker = SweepTracker(context["tracking_uri"], context["experiment"])
     tracker.reopen_parent(context["parent_run_id"])
     _say(out, f"resuming sweep {context['run_name']} (parent run {context['parent_run_id']}) from {exp_dir}")
+    plan = ResumePlan.of(spec.trials(), tracker, context["ctx"])
+    _say(out, plan.summary())
     with _ray_session(address, tracker):
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise LookupError(f"Ray Tune has no restorable state in {exp_dir}")
@@ -465,7 +540,17 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
         # _resume_config is the only way to say this in Ray 2.60's restore().
         resume = tune.ResumeConfig(unfinished=tune.ResumeConfig.ResumeType.RESTART,
                                    errored=tune.ResumeConfig.ResumeType.RESTART)
-        grid = tune.Tuner.restore(str(exp_dir), trainable=trainable, _resume_config=resume).fit()
+        with _quiet("ray.tune.analysis.experiment_analysis"):
+            # restore() reads back the results of every trial in Tune's snapshot and warns,
+            # with a FileNotFoundError per trial, about each that had reported nothing yet
+            # (never started, or killed before its first event). Ray's own bookkeeping and
+            # harmless: those trials start fresh or resume from their state copy anyway.
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, _resume_config=resume)
+        # The restored run config carries the progress callback pickled when the sweep
+        # started, counting from 0; count from what had finished instead. Ray 2.60 has no
+        # public way to change a restored Tuner's callbacks.
+        tuner._local_tuner.get_run_config().callbacks = [_progress_callback(plan.total, plan.finished)]
+        grid = tuner.fit()
         from tune_prune.trainable import trial_from_config
 
         failed = [trial_from_config(r.config).name for r in grid if r.error is not None]

@@ -64,6 +64,20 @@ def _own_state_path(ctx: dict[str, Any], trial: TrialSpec) -> Path:
     return Path(ctx["cache_dir"]) / "trial_state" / ctx["parent_run_id"] / f"{trial.key}.pt"
 
 
+def events_saved(ctx: dict[str, Any], trial: TrialSpec) -> int:
+    """How many prune events the trial's own state copy holds: where it would resume (0: none).
+
+    The copy is written before each event is reported to Tune, so it is never behind
+    Tune's checkpoint; the trial resumes after this many events.
+    """
+    path = _own_state_path(ctx, trial)
+    if not path.is_file():
+        return 0
+    # mmap: the counter is read without loading the weights into memory
+    payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return int(payload["next_event"])
+
+
 def _save_own_state(path: Path, state: LoopState) -> None:
     atomic_write(path, lambda tmp: torch.save(state.to_payload(), tmp))
 
