@@ -1,7 +1,11 @@
 """tune-prune submit / status / logs against a real Ray head node with its Jobs API (token auth on)."""
 
 import os
-import sys
+import re
+import signal
+import socket
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,21 +18,54 @@ from tune_prune.cli import main
 pytestmark = pytest.mark.integration
 
 
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture
 def head(tmp_path):
-    import subprocess
+    """A one-node Ray cluster with its Jobs API, all on 127.0.0.1, that only this test stops.
 
-    port, dash = free_port(), free_port()
+    `--node-ip-address=127.0.0.1` alone is not enough: Ray 2.60 replaces a loopback address
+    with the machine's and listens on every interface unless it is told that this machine
+    runs no multi-node cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which a head accepts).
+    `ray stop` would stop every Ray on the machine, other tests' too: this head runs with
+    --block in its own session, and terminating that process stops its node.
+    """
+    # Ports of our own, also for what Ray fixes by default (the agent's 52365, the client
+    # server's 10001): another Ray on this machine may hold those.
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
     # the job's `python` must be this environment's, as it is in the cluster image
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    ray = str(BIN / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    log = open(tmp_path / "ray-head.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+         "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                        "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=180)
+        deadline = time.time() + 180
+        while "Ray runtime started" not in (tmp_path / "ray-head.log").read_text() or not _accepts(dash):
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "ray-head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        started = re.sub(r"\x1b\[[0-9;]*m", "", (tmp_path / "ray-head.log").read_text())  # without colours
+        assert "Local node IP: 127.0.0.1" in started, started[-3000:]
         yield f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=180)
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+        # `ray start` recorded this head as the machine's current cluster; a bare ray.init()
+        # elsewhere would try to join it after it is gone
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink(missing_ok=True)
 
 
 def test_submitted_smoke_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path, quickstart_path, capsys):
