@@ -64,7 +64,7 @@ def test_unknown_name_error_survives_pickling():
 
 
 def test_dataset_registry_keys():
-    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "fashion_mnist", "imagefolder"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "fashion_mnist", "imagefolder", "torchvision"]
 
 
 def test_unknown_dataset_lists_accepted_names():

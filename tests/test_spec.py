@@ -163,3 +163,17 @@ def test_smoke_test_replaces_a_section_that_names_another_model_or_dataset(raw):
     assert smoke.dataset.kwargs_own()["test_size"] == 0.3 and smoke.dataset.val_size == 0.2
     full = parse_spec(raw)
     assert full.model.source == "torchvision" and full.pretrain.epochs == 0
+
+
+def test_how_data_is_held_is_not_part_of_any_key(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    raw = copy.deepcopy(PINNED)
+    raw["dataset"] = {"name": "imagefolder", "root": str(tmp_path)}
+    keys = {}
+    for storage in (None, "resident", "streaming"):
+        if storage:
+            raw["dataset"]["storage"] = storage
+        trials = parse_spec(copy.deepcopy(raw)).trials()
+        keys[storage] = [(t.key, t.dense_key) for t in trials]
+    assert keys[None] == keys["resident"] == keys["streaming"]

@@ -76,6 +76,12 @@ class DatasetSpec:
         """The dataset's own options (beyond root, val_size, train_subset, split_seed, download)."""
         return _thaw(self.options)
 
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that name this data in keys: how it is held (``storage``) changes no result."""
+        d = asdict(self)
+        d["options"] = tuple((k, v) for k, v in self.options if k != "storage")
+        return d
+
     def load_kwargs(self) -> dict[str, Any]:
         kw = {k: getattr(self, k) for k in ("root", "val_size", "train_subset", "split_seed", "download")}
         kw.update(_thaw(self.options))
@@ -272,6 +278,7 @@ class TrialSpec:
             if not d[f]:
                 d.pop(f)
         d["model"] = self.model.key_dict()
+        d["dataset"] = self.dataset.key_dict()
         return d
 
     @classmethod
@@ -306,7 +313,7 @@ class TrialSpec:
     @property
     def dense_key(self) -> str:
         """Names the dense model this trial starts from: (model, dataset, seed, pretrain settings)."""
-        return _hash({"model": self.model.key_dict(), "dataset": asdict(self.dataset),
+        return _hash({"model": self.model.key_dict(), "dataset": self.dataset.key_dict(),
                       "seed": self.seed, "pretrain": asdict(self.pretrain)})
 
     @property
