@@ -177,3 +177,15 @@ def test_how_data_is_held_is_not_part_of_any_key(tmp_path):
         trials = parse_spec(copy.deepcopy(raw)).trials()
         keys[storage] = [(t.key, t.dense_key) for t in trials]
     assert keys[None] == keys["resident"] == keys["streaming"]
+
+
+def test_relative_data_paths_mean_the_working_directory_of_the_driver(tmp_path, monkeypatch):
+    # Ray runs trials in directories of its own: the spec must carry absolute paths to them
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "a" / "x.png").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    raw = copy.deepcopy(PINNED)
+    raw["dataset"] = {"name": "imagefolder", "root": "imgs", "test_root": "./imgs"}
+    spec = parse_spec(raw)
+    assert spec.dataset.root == str(tmp_path / "imgs")
+    assert spec.dataset.kwargs_own()["test_root"] == str(tmp_path / "imgs")

@@ -579,6 +579,11 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
     data = _given(checked.dataset)
     data.pop("name")
     common = {k: data.pop(k) for k in ("root", "val_size", "train_subset", "split_seed", "download") if k in data}
+    # Trials run in directories of Ray's choosing: a relative path means the driver's working directory.
+    if common.get("root") is not None:
+        common["root"] = _absolute(common["root"])
+    for k in [k for k in data if k.endswith("_root") and isinstance(data[k], str)]:
+        data[k] = _absolute(data[k])
     dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
     model = _model(checked.model)
     budget_given = _given(checked.budget)
@@ -609,14 +614,18 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
     return spec
 
 
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
 def _model(checked: Any) -> ModelSpec:
     opts = _given(checked)
     for f in ("name", "source", "checkpoint", "checkpoint_key", "normalize"):
         opts.pop(f, None)
     checkpoint = sha = None
     if checked.checkpoint is not None:
-        path = Path(checked.checkpoint).expanduser().resolve()
-        checkpoint = str(path)
+        checkpoint = _absolute(checked.checkpoint)
+        path = Path(checkpoint)
         if path.is_file():
             sha = _file_sha256(path)
     normalize = checked.normalize
