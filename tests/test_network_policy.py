@@ -170,7 +170,8 @@ def allowed(source: str, target: str, port: int, pols: dict[str, dict[str, Any]]
 
 
 def selected(policy: dict[str, Any], pods: dict[str, dict[str, Any]]) -> set[str]:
-    return {name for name, pod in pods.items() if pod["ns"] == NS and selects(policy["spec"]["podSelector"], pod["labels"])}
+    return {name for name, pod in pods.items()
+            if pod["ns"] == NS and selects(policy["spec"]["podSelector"], pod["labels"])}
 
 
 # ------------------------------------------------------------------ Ray's ports
@@ -219,7 +220,8 @@ def test_the_selector_checker_follows_kubernetes_rules():
     assert not selects({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "NotIn",
                                                                          "values": ["2"]}]}, labels)
     assert rule_ports({}) == [(1, 65535)]
-    assert rule_ports({"ports": [{"port": 80, "protocol": "UDP"}, {"port": 10002, "endPort": 19999}]}) == [(10002, 19999)]
+    udp_and_range = {"ports": [{"port": 80, "protocol": "UDP"}, {"port": 10002, "endPort": 19999}]}
+    assert rule_ports(udp_and_range) == [(10002, 19999)]
     assert covers([(10002, 15000), (15001, 19999)], 10002, 19999) and covers(None, 1, 2)
     assert not covers([(10002, 15000), (15002, 19999)], 10002, 19999)  # 15001 missing
     assert not covers([(6379, 6379)], 6380, 6380)
@@ -333,5 +335,6 @@ def test_the_checks_catch_a_broken_copy(break_it, expect):
 
 def test_the_guide_applies_the_policy_before_the_ray_cluster():
     guide = (DEPLOY / "README.md").read_text()
-    policy, cluster = guide.find("apply deploy/kuberay/networkpolicy.yaml"), guide.find("apply deploy/kuberay/raycluster.yaml")
+    policy = guide.find("apply deploy/kuberay/networkpolicy.yaml")
+    cluster = guide.find("apply deploy/kuberay/raycluster.yaml")
     assert 0 <= policy < cluster, "deploy/README.md must apply networkpolicy.yaml before raycluster.yaml"

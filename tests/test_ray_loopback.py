@@ -66,7 +66,7 @@ def test_local_ray_advertises_and_listens_on_loopback_only():
         # the measurement saw the servers that matter, not an empty list
         node = nodes[0]
         assert {int(gcs_port), node["NodeManagerPort"], node["ObjectManagerPort"]} <= ports
-        assert any(name.startswith("ray::") for _, name, _, _ in sockets) or len(sockets) >= 5
+        assert any(name.startswith("ray::") for _, name, _, _ in sockets)  # agents and workers too
     finally:
         ray.shutdown()
     assert ray_constants.ENABLE_RAY_CLUSTER == clusters_on  # joining clusters later still works
