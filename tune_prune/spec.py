@@ -422,9 +422,7 @@ class SweepSpec:
 
     def base(self) -> dict[str, Any]:
         """The settings every trial of this sweep shares."""
-        return dict(dataset=self.dataset, model=self.model, pretrain=self.pretrain,
-                    finetune=self.finetune, budget=self.budget, criterion=self.criterion,
-                    structure=self.structure, prune_include=self.prune_include, prune_exclude=self.prune_exclude)
+        return {f: getattr(self, f) for f in SHARED_FIELDS}
 
     def dense_trials(self) -> list[TrialSpec]:
         return [TrialSpec(**self.base(), schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
@@ -474,6 +472,11 @@ class SweepSpec:
                 for target in self.target_sparsities:
                     out.append(make_trial(self.base(), strat.schedule, point, target, self.seeds[0]))
         return out
+
+
+#: TrialSpec fields that every trial of a sweep shares (the rest: schedule, knobs, target, seed)
+SHARED_FIELDS = ("dataset", "model", "pretrain", "finetune", "budget", "criterion", "structure",
+                 "prune_include", "prune_exclude")
 
 
 def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], target: float, seed: int) -> TrialSpec:

@@ -44,12 +44,12 @@ def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu
 
     from tune_prune import dense as dense_cache
     from tune_prune.data import load_dataset
-    from tune_prune.loop import fast_path_for, pick_device
+    from tune_prune.loop import fast_path_for, model_view, pick_device
 
     trial = TrialSpec.from_dict(trial_dict)
     torch.set_num_threads(max(1, int(cpu)))
     device = pick_device(gpu)
-    data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
+    data = model_view(trial, load_dataset(trial.dataset.name, **trial.dataset.load_kwargs())).to(device)
     fast = fast_path_for(trial, data, device, execution)
     _, result, trained = dense_cache.ensure(trial, data, cache_dir, device, fast=fast)
     share = gpu if device.type == "cuda" else cpu
@@ -124,7 +124,7 @@ def _progress_callback(total: int, finished: Iterable[str] = ()):
 class _Fitter:
     """Builds and runs Tuners that share the sweep's trainable, resources and run settings."""
 
-    def __init__(self, spec: SweepSpec, ctx: dict[str, Any], storage_path: str, progress) -> None:
+    def __init__(self, spec: SweepSpec, ctx, storage_path: str, progress) -> None:
         from ray import tune
 
         from tune_prune.trainable import train_trial
@@ -416,21 +416,17 @@ def run_sweep(
 
         results = {p["dense_key"]: PretrainResult(**p["result"]) for p in pre}
         trained = sum(p["trained"] for p in pre)
-        _say(out, f"dense models ready in {time.perf_counter() - t0:.1f}s ({trained} trained, "
+        made = "taken as they are from their starting weights" if spec.pretrain.epochs == 0 else "trained"
+        _say(out, f"dense models ready in {time.perf_counter() - t0:.1f}s ({trained} {made}, "
                   f"{len(pre) - trained} from cache); val accuracy "
                   + ", ".join(f"{k}={r.val_accuracy:.4f}" for k, r in results.items()))
         tracker.log_pretraining(results, accelerator_seconds=sum(p["accelerator_seconds"] for p in pre))
 
-        ctx = {
-            "tracking_uri": tracking_uri,
-            "experiment_id": tracker.experiment_id,
-            "parent_run_id": parent_id,
-            "cache_dir": cache_dir,
-            "cpu_per_trial": res.cpu,
-            "gpu_per_trial": res.gpu,
-            "speed": asdict(spec.speed),
-            "execution": asdict(spec.execution),
-        }
+        from tune_prune.trainable import TrialContext
+
+        ctx = TrialContext(tracking_uri=tracking_uri, experiment_id=tracker.experiment_id, parent_run_id=parent_id,
+                           cache_dir=cache_dir, cpu_per_trial=res.cpu, gpu_per_trial=res.gpu,
+                           speed=asdict(spec.speed), execution=asdict(spec.execution))
         progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
         fit = _Fitter(spec, ctx, storage_path, progress)
         if spec.search.mode == "grid":
@@ -439,7 +435,8 @@ def run_sweep(
             exp_dir.mkdir(parents=True, exist_ok=True)
             (exp_dir / CONTEXT_FILE).write_text(json.dumps({
                 "spec": spec.resolved_dict(), "experiment": experiment, "run_name": run_name,
-                "tracking_uri": tracking_uri, "parent_run_id": parent_id, "ctx": ctx}, indent=2, default=str))
+                "tracking_uri": tracking_uri, "parent_run_id": parent_id, "ctx": asdict(ctx)}, indent=2,
+                default=str))
             _say(out, f"if this driver dies, finish the sweep with: tune-prune resume {exp_dir}")
             failed = fit.grid(trials, run_name)
         else:
@@ -462,7 +459,7 @@ class ResumePlan:
     fresh: tuple[str, ...]
 
     @classmethod
-    def of(cls, trials: list[TrialSpec], tracker, ctx: dict[str, Any]) -> "ResumePlan":
+    def of(cls, trials: list[TrialSpec], tracker, ctx) -> "ResumePlan":
         from tune_prune.tracking import TAG_TRIAL_KEY, child_runs
         from tune_prune.trainable import events_saved
 

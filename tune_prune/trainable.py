@@ -14,6 +14,8 @@ import logging
 import math
 import tempfile
 import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from ray import tune
 from tune_prune import dense as dense_cache
 from tune_prune.dense import atomic_write
 from tune_prune.data import load_dataset
-from tune_prune.loop import Hooks, LoopState, evaluate, fast_path_for, new_model, pick_device, run_trial
+from tune_prune.loop import (Hooks, LoopState, evaluate, fast_path_for, model_view, new_model, pick_device,
+                             run_trial)
 from tune_prune.speed import speedup_metrics
-from tune_prune.spec import STRUCTURED, TrialSpec, make_trial
+from tune_prune.spec import SHARED_FIELDS, STRUCTURED, TrialSpec, make_trial
 from tune_prune.tracking import TrialTracker
 
 STATE_FILE = "state.pt"
@@ -56,21 +59,47 @@ def _report(metrics: dict[str, Any], state: LoopState | None = None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _own_state_path(ctx: dict[str, Any], trial: TrialSpec) -> Path:
-    # Our own copy of the latest event state, keyed by sweep and trial, on the same
-    # (shared) storage as the dense cache. Tune's experiment snapshot can lag behind
-    # its checkpoint pruning when a driver dies, leaving it pointing at a deleted
-    # checkpoint; this copy does not depend on that bookkeeping.
-    return Path(ctx["cache_dir"]) / "trial_state" / ctx["parent_run_id"] / f"{trial.key}.pt"
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one sweep shares, handed to the Ray workers with each trial's config."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    cache_dir: str
+    cpu_per_trial: float
+    gpu_per_trial: float
+    speed: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: "TrialContext | Mapping[str, Any]") -> "TrialContext":
+        """A context from itself, or from its dict form (the resume file, sweeps started before it existed)."""
+        if isinstance(value, cls):
+            return value
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(value).items() if k in known})
+
+    def state_path(self, trial: TrialSpec) -> Path:
+        """Our own copy of the trial's latest event state, keyed by sweep and trial, on the same
+        (shared) storage as the dense cache. Tune's experiment snapshot can lag behind its
+        checkpoint pruning when a driver dies, leaving it pointing at a deleted checkpoint;
+        this copy does not depend on that bookkeeping."""
+        return Path(self.cache_dir) / "trial_state" / self.parent_run_id / f"{trial.key}.pt"
+
+    def placement(self) -> tuple[torch.device, float]:
+        """The trial's device, and its accelerator share (GPU fraction on CUDA, cores on CPU)."""
+        device = pick_device(float(self.gpu_per_trial))
+        return device, float(self.gpu_per_trial) if device.type == "cuda" else float(self.cpu_per_trial)
 
 
-def events_saved(ctx: dict[str, Any], trial: TrialSpec) -> int:
+def events_saved(ctx: "TrialContext | Mapping[str, Any]", trial: TrialSpec) -> int:
     """How many prune events the trial's own state copy holds: where it would resume (0: none).
 
     The copy is written before each event is reported to Tune, so it is never behind
     Tune's checkpoint; the trial resumes after this many events.
     """
-    path = _own_state_path(ctx, trial)
+    path = TrialContext.of(ctx).state_path(trial)
     if not path.is_file():
         return 0
     # mmap: the counter is read without loading the weights into memory
@@ -99,23 +128,101 @@ def trial_from_config(config: dict[str, Any]) -> TrialSpec:
     if "trial" in config:
         return TrialSpec.from_dict(config["trial"])
     base = TrialSpec.from_dict(config["base"])
-    shared = dict(dataset=base.dataset, model=base.model, pretrain=base.pretrain, finetune=base.finetune,
-                  budget=base.budget, criterion=base.criterion, structure=base.structure)
+    shared = {f: getattr(base, f) for f in SHARED_FIELDS}
     b = config["bracket"]
     return make_trial(shared, b["schedule"], dict(config["point"]), b["target"], b["seed"])
 
 
+@dataclass
+class _Prepared:
+    """A trial's data (normalised as its model expects), execution choices and dense model."""
+
+    data: Any
+    fast: Any
+    dense_state: dict[str, torch.Tensor]
+    pretrain: Any
+
+
+def _prepare(trial: TrialSpec, ctx: TrialContext, device: torch.device, tracker: TrialTracker) -> _Prepared:
+    import ray
+
+    # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere.
+    tracker.set_tag("tune_prune.node_id", ray.get_runtime_context().get_node_id())
+    data = model_view(trial, load_dataset(trial.dataset.name, **trial.dataset.load_kwargs())).to(device)
+    tracker.set_tag("tune_prune.data_storage", data.storage)
+    fast = fast_path_for(trial, data, device, ctx.execution)
+    tracker.set_tag("tune_prune.amp", "bf16" if fast.amp else "fp32")
+    tracker.set_tag("tune_prune.channels_last", str(fast.channels_last).lower())
+    cached = dense_cache.load(ctx.cache_dir, trial.dense_key)
+    if cached is None:
+        raise RuntimeError(f"dense model {trial.dense_key} missing from {ctx.cache_dir}; "
+                           "the sweep driver pretrains it before trials start")
+    return _Prepared(data, fast, *cached)
+
+
+def _dense_model(trial: TrialSpec, env: _Prepared, device: torch.device):
+    model = env.fast.model(new_model(trial, env.data, trial.seed).to(device))
+    model.load_state_dict(env.dense_state)
+    return model
+
+
+def _record_dense(trial: TrialSpec, env: _Prepared, device: torch.device, tracker: TrialTracker) -> None:
+    """The dense baseline: the cached dense model evaluated once on val and test."""
+    model = _dense_model(trial, env, device)
+    val, test = evaluate(model, env.data, "val", fast=env.fast), evaluate(model, env.data, "test", fast=env.fast)
+    tracker.log_dense(val.accuracy, test.accuracy, env.pretrain)
+    _report({"event": 0, "sparsity": 0.0, "val_accuracy": val.accuracy,
+             "test_accuracy": test.accuracy, "cost_epochs": 0, "n_events": 0})
+
+
+def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.device, share: float,
+           tracker: TrialTracker, logged_through: int) -> None:
+    """Prune along the schedule; log each event to MLflow, then save it, then report it to Tune."""
+    own = ctx.state_path(trial)
+
+    def on_event(record, state: LoopState) -> None:
+        if record.event > logged_through:  # a replayed event was logged before the crash
+            tracker.log_event(record)
+            if record.event == record.n_events:
+                tracker.log_totals(record)
+        _save_own_state(own, state)
+        _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
+                 "milestone": -math.log2(1.0 - record.sparsity)}, state)
+        _chaos(trial, record.event)
+
+    def on_epoch(record) -> None:
+        if record.event > logged_through:
+            tracker.log_epoch(record)
+
+    layers: dict[str, Any] = {}
+
+    def on_final(model) -> None:
+        speed = None
+        if ctx.speed.get("enabled", True):
+            dense = _dense_model(trial, env, device)  # same layout as the trial's
+            opts = {k: ctx.speed[k] for k in ("batch_size", "warmup", "repeats") if k in ctx.speed}
+            speed = speedup_metrics(dense, model, env.data.in_shape, device, trial.structure == STRUCTURED, **opts)
+        tracker.log_final_model(model, speed, layers)
+
+    resume = _resume_state(own)
+    if resume is not None:
+        # A retry after a crash or a lost node: say so on the run, which is the same one.
+        tracker.note_resume(resume.next_event)
+    hooks = Hooks(on_epoch=on_epoch, on_event=on_event, on_final=on_final, on_prunable=tracker.log_prunable,
+                  on_layers=layers.update)
+    run_trial(trial, env.data, env.dense_state, device, hooks, resume=resume, fast=env.fast)
+
+
 def train_trial(config: dict[str, Any]) -> None:
-    """Run one trial inside a Ray Tune worker."""
+    """Run one trial inside a Ray Tune worker: prepare, then record the dense baseline or prune."""
     # One INFO line per checkpoint from Ray's storage layer drowns the progress output.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial = trial_from_config(config)
-    ctx = config["ctx"]
-    torch.set_num_threads(max(1, int(ctx["cpu_per_trial"])))
-    device = pick_device(float(ctx["gpu_per_trial"]))
-    share = float(ctx["gpu_per_trial"]) if device.type == "cuda" else float(ctx["cpu_per_trial"])
+    ctx = TrialContext.of(config["ctx"])
+    torch.set_num_threads(max(1, int(ctx.cpu_per_trial)))
+    device, share = ctx.placement()
 
-    tracker = TrialTracker(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial,
+    tracker = TrialTracker(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial,
                            device=device.type, accelerator_share=share)
     done = tracker.finished_result()
     if done is not None:
@@ -127,71 +234,20 @@ def train_trial(config: dict[str, Any]) -> None:
         return
     logged_through = tracker.start()
     try:
-        import ray
-
-        # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere.
-        tracker.set_tag("tune_prune.node_id", ray.get_runtime_context().get_node_id())
-        data = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs()).to(device)
-        fast = fast_path_for(trial, data, device, ctx.get("execution"))
-        tracker.set_tag("tune_prune.amp", "bf16" if fast.amp else "fp32")
-        tracker.set_tag("tune_prune.channels_last", str(fast.channels_last).lower())
-        cached = dense_cache.load(ctx["cache_dir"], trial.dense_key)
-        if cached is None:
-            raise RuntimeError(f"dense model {trial.dense_key} missing from {ctx['cache_dir']}; "
-                               "the sweep driver pretrains it before trials start")
-        dense_state, pretrain = cached
-
+        env = _prepare(trial, ctx, device, tracker)
         if trial.is_dense:
-            model = fast.model(new_model(trial, data, trial.seed).to(device))
-            model.load_state_dict(dense_state)
-            val, test = evaluate(model, data, "val", fast=fast), evaluate(model, data, "test", fast=fast)
-            tracker.log_dense(val.accuracy, test.accuracy, pretrain)
-            _report({"event": 0, "sparsity": 0.0, "val_accuracy": val.accuracy,
-                     "test_accuracy": test.accuracy, "cost_epochs": 0, "n_events": 0})
-            tracker.finish("FINISHED")
-            return
-
-        own = _own_state_path(ctx, trial)
-
-        def on_event(record, state: LoopState) -> None:
-            if record.event > logged_through:  # a replayed event was logged before the crash
-                tracker.log_event(record)
-                if record.event == record.n_events:
-                    tracker.log_totals(record)
-            _save_own_state(own, state)
-            _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
-                     "milestone": -math.log2(1.0 - record.sparsity)}, state)
-            _chaos(trial, record.event)
-
-        def on_epoch(record) -> None:
-            if record.event > logged_through:
-                tracker.log_epoch(record)
-
-        def on_final(model) -> None:
-            speed_cfg = ctx.get("speed", {"enabled": True})
-            speed = None
-            if speed_cfg.get("enabled", True):
-                dense = fast.model(new_model(trial, data, trial.seed).to(device))  # same layout as the trial's
-                dense.load_state_dict(dense_state)
-                opts = {k: speed_cfg[k] for k in ("batch_size", "warmup", "repeats") if k in speed_cfg}
-                speed = speedup_metrics(dense, model, data.in_shape, device, trial.structure == STRUCTURED, **opts)
-            tracker.log_final_model(model, speed)
-
-        resume = _resume_state(own)
-        if resume is not None:
-            # A retry after a crash or a lost node: say so on the run, which is the same one.
-            tracker.note_resume(resume.next_event)
-        run_trial(trial, data, dense_state, device, Hooks(on_epoch=on_epoch, on_event=on_event, on_final=on_final), resume=resume,
-                  fast=fast)
+            _record_dense(trial, env, device, tracker)
+        else:
+            _prune(trial, ctx, env, device, share, tracker, logged_through)
     except SystemExit:
         # Tune stops a function trainable by raising SystemExit from tune.report: a
         # scheduler (ASHA) decision, not a failure. The events logged so far stand.
         tracker.finish("KILLED", note="stopped early by the scheduler")
         if not trial.is_dense:
-            _own_state_path(ctx, trial).unlink(missing_ok=True)  # it will not be resumed
+            ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
         raise
     except BaseException as exc:
         tracker.finish("FAILED", error="".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
     tracker.finish("FINISHED")
-    own.unlink(missing_ok=True)  # finished: the resume copy is no longer needed
+    ctx.state_path(trial).unlink(missing_ok=True)  # finished: the resume copy is no longer needed
