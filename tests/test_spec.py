@@ -149,7 +149,11 @@ def test_every_shipped_search_space_validates(quickstart_path, smoke):
     assert {p.name for p in specs} >= {"quickstart.yaml", "fashion_mnist_lenet.yaml", "cifar10_resnet18.yaml"}
     for path in specs:
         spec = load_spec(path, smoke_test=smoke)
-        assert {t.schedule for t in spec.trials()} == {"dense", "one_shot", "constant", "geometric", "hybrid"}
+        schedules = {t.schedule for t in spec.trials()}
+        if smoke:  # a smoke run may leave strategies out (large models on a CPU), never the baseline
+            assert {"dense", "one_shot", "geometric"} <= schedules
+        else:
+            assert schedules == {"dense", "one_shot", "constant", "geometric", "hybrid"}
 
 
 def test_smoke_test_replaces_a_section_that_names_another_model_or_dataset(raw):

@@ -835,6 +835,10 @@ _SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 
 def describe(name: str, *, root: str | None = None, **options: object) -> tuple[tuple[int, int, int], int]:
     """(C, H, W) of one input and the number of classes of dataset ``name``, without loading it."""
+    channels = options.pop("channels", None)
+    if channels is not None:
+        (_, h, w), classes = describe(name, root=root, **options)
+        return (int(channels), h, w), classes  # type: ignore[call-overload]
     if name in _SHAPES:
         return _SHAPES[name]
     if name == "imagefolder":
@@ -891,6 +895,7 @@ def load_dataset(
         raise ValueError(f"dataset.split_seed: must be an int >= 0, got {split_seed!r}")
     if not isinstance(download, bool):
         raise ValueError(f"dataset.download: must be true or false, got {download!r}")
+    channels = options.pop("channels", None)
     own = _loader_options(loader)
     for key in sorted(options):
         if key not in own:
@@ -900,6 +905,8 @@ def load_dataset(
             )
 
     raw = loader(root=root, download=download, split_seed=int(split_seed), **options)
+    if channels is not None:
+        raw = _with_channels(raw, int(channels))  # type: ignore[call-overload]
     n = len(raw.y_train)
     train_idx, val_idx = _holdout(
         n, _resolve_size(val_size, n, "dataset.val_size"), int(split_seed), _VAL_STREAM
@@ -952,6 +959,20 @@ def load_dataset(
         std=std,
         augment=raw.augment,
     )
+
+
+def _with_channels(raw: RawDataset, channels: int) -> RawDataset:
+    """Grayscale images with their one channel repeated ``channels`` times (for networks that want RGB)."""
+    if not isinstance(raw.x_train, torch.Tensor) or not isinstance(raw.x_test, torch.Tensor):
+        raise ValueError("dataset.channels: only for data decoded in memory (image files are read as RGB already)")
+    have = raw.x_train.shape[1]
+    if have == channels:
+        return raw
+    if have != 1:
+        raise ValueError(f"dataset.channels: the images have {have} channels; only 1-channel images can be "
+                         f"repeated to {channels}")
+    return raw._replace(x_train=raw.x_train.expand(-1, channels, -1, -1).contiguous(),
+                        x_test=raw.x_test.expand(-1, channels, -1, -1).contiguous())
 
 
 def _check_storage(storage: object) -> str:

@@ -254,6 +254,7 @@ def build(spec, in_shape: tuple[int, int, int], num_classes: int, *, weights: bo
     the checkpoint, loaded strictly.
     """
     source, opts = spec.source, spec.kwargs()
+    input_size = opts.pop("input_size", None)
     if source == "builtin":
         model = build_model(spec.name, in_shape, num_classes, **opts)
     elif source == "torchvision":
@@ -291,7 +292,23 @@ def build(spec, in_shape: tuple[int, int, int], num_classes: int, *, weights: bo
         raise ValueError(f"model.source: unknown source {source!r}")
     if weights and spec.checkpoint is not None:
         model.load_state_dict(load_checkpoint(spec.checkpoint, spec.checkpoint_key))
+    if input_size is not None:
+        # a pre-hook, not a wrapper module: layer names (prune patterns, checkpoints) stay the model's own
+        model.register_forward_pre_hook(ResizeInput(int(input_size)))
     return model
+
+
+class ResizeInput:
+    """Forward pre-hook: bilinear resize of the input batch to ``size`` x ``size`` (picklable, for torch.save)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if x.shape[-1] == self.size and x.shape[-2] == self.size:
+            return args
+        return (F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False), *args[1:])
 
 
 def load_checkpoint(path: str, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -132,6 +132,8 @@ class DatasetBase(Section):
         None, description="train on a fixed random subset of this many examples (validation and test are kept)")
     split_seed: NonNegativeInt = Field(0, description="seeds the splits; the same for every trial of a sweep")
     download: bool = Field(False, description="download the data if it is missing (needs internet)")
+    channels: Optional[PositiveInt] = Field(
+        None, description="repeat a grayscale image's channel this many times (3: for networks that want RGB)")
 
 
 def _signature_fields(fn: Callable[..., Any], skip: int | tuple[str, ...]) -> dict[str, Any]:
@@ -197,6 +199,9 @@ class ModelCommon(Section):
     normalize: Optional[Normalize] = Field(
         None, description="input normalisation: data (the training split's statistics), imagenet, or "
         "{mean, std}; default: the library weights' own when they define one, else data")
+    input_size: Optional[PositiveInt] = Field(
+        None, description="resize each input batch to this many pixels inside the model (bilinear), e.g. 224 "
+        "for an ImageNet-pretrained network on 32 px CIFAR images, as the paper did; the data stays small")
 
 
 def _model_models() -> list[type[Section]]:

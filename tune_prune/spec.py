@@ -624,7 +624,7 @@ def _absolute(path: str) -> str:
 def _model(checked: Any) -> ModelSpec:
     opts = _given(checked)
     for f in ("name", "source", "checkpoint", "checkpoint_key", "normalize"):
-        opts.pop(f, None)
+        opts.pop(f, None)  # input_size stays among the options: it changes what the model computes
     checkpoint = sha = None
     if checked.checkpoint is not None:
         checkpoint = _absolute(checked.checkpoint)
@@ -738,6 +738,8 @@ def _strategies(checked: Any, raw: Mapping[str, Any]) -> tuple[StrategySpec, ...
     """Each strategy's knobs as grid axes, in the order the spec lists the strategies."""
     out = []
     for schedule in raw:
+        if getattr(checked, schedule) is None:
+            continue  # `name: null` leaves a strategy out (how a smoke_test drops one)
         knobs = _given(getattr(checked, schedule))
         knobs.setdefault("patience", None)
         allowed = SCHEDULE_KNOBS[schedule] + COMMON_STRATEGY_KEYS + EXTRA_STRATEGY_KEYS.get(schedule, ())
