@@ -70,3 +70,26 @@ def test_local_ray_advertises_and_listens_on_loopback_only():
     finally:
         ray.shutdown()
     assert ray_constants.ENABLE_RAY_CLUSTER == clusters_on  # joining clusters later still works
+
+
+def test_a_sweep_joins_a_cluster_kept_on_loopback(tmp_path):
+    """`--address 127.0.0.1:PORT` reaches a cluster whose nodes listen on loopback only (Ray
+    would otherwise swap 127.0.0.1 for the machine's address, where nothing listens)."""
+    from ray._private import ray_constants
+
+    from tune_prune.sweep import join_ray
+    from workloads import loopback_head
+
+    clusters_on = ray_constants.ENABLE_RAY_CLUSTER
+    with loopback_head(tmp_path) as (gcs_address, _):
+        join_ray(gcs_address)
+        try:
+            @ray.remote(num_cpus=1)
+            def where() -> str:
+                return ray.util.get_node_ip_address()
+
+            assert ray.get(where.remote()) == "127.0.0.1"
+            assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
+        finally:
+            ray.shutdown()
+    assert ray_constants.ENABLE_RAY_CLUSTER == clusters_on

@@ -345,6 +345,26 @@ def start_local_ray(**init_kwargs: Any) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = clusters_on
 
 
+def join_ray(address: str) -> None:
+    """Join a running Ray cluster at `address` (host:port, ray://..., or auto).
+
+    A cluster addressed on 127.0.0.1 or localhost is joined with Ray's single-machine
+    switch off, as in start_local_ray: otherwise Ray swaps the loopback address for the
+    machine's, where a cluster kept on loopback does not listen.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    host = address.rsplit(":", 1)[0].split("://")[-1].strip("[]")
+    clusters_on = ray_constants.ENABLE_RAY_CLUSTER
+    if host in (LOOPBACK, "localhost"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address=address, logging_level="WARNING")
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters_on
+
+
 @contextmanager
 def _ray_session(address: str | None, tracker):
     """Ray for the body of a sweep; always shut down, and the parent run marked FAILED
@@ -356,7 +376,7 @@ def _ray_session(address: str | None, tracker):
     ok = False
     try:
         if address:
-            ray.init(address=address, logging_level="WARNING")
+            join_ray(address)
         else:
             start_local_ray()
         yield
