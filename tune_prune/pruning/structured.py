@@ -21,6 +21,9 @@ and keep the schedule arithmetic here:
 
 A pruned model is rebuilt from its state dict by ``resize_to_state``: build the
 dense architecture, then shrink every layer to the saved shapes.
+
+timm Vision Transformers get ``structured_vit.ViTPruner``, a ChannelPruner that
+cuts whole attention heads and MLP channels and never the embedding dimension.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ class ChannelPruner:
                                          if isinstance(m, PRUNABLE_TYPES) and n not in chosen]
         if state is None:
             state = {"original_widths": _widths(model), "dense_params": prunable_count(model),
-                     "dense_macs": count_macs(model, example), "ratio": 0.0}
+                     "dense_macs": self._macs(), "ratio": 0.0}
         self.original_widths: dict[str, int] = dict(state["original_widths"])
         self.dense_params = int(state["dense_params"])
         self.dense_macs = int(state["dense_macs"])
@@ -137,14 +140,22 @@ class ChannelPruner:
     def reached(self) -> dict[str, float]:
         """Measured fractions removed: prunable parameters, MACs, and channels of the pruned layers."""
         widths = _widths(self.model)
-        clf = self._name_of(self.classifier)
-        now = sum(w for n, w in widths.items() if n != clf)
-        before = sum(w for n, w in self.original_widths.items() if n != clf)
+        counted = self._channel_layers()
+        now = sum(w for n, w in widths.items() if n in counted)
+        before = sum(w for n, w in self.original_widths.items() if n in counted)
         return {
             "param_sparsity": 1.0 - prunable_count(self.model) / self.dense_params,
-            "mac_sparsity": 1.0 - count_macs(self.model, self.example) / self.dense_macs,
+            "mac_sparsity": 1.0 - self._macs() / self.dense_macs,
             "channel_sparsity": 1.0 - now / before,
         }
+
+    def _channel_layers(self) -> set[str]:
+        """Layers whose output channels ``channel_sparsity`` counts: all but the classifier."""
+        clf = self._name_of(self.classifier)
+        return {n for n in self.original_widths if n != clf}
+
+    def _macs(self) -> int:
+        return count_macs(self.model, self.example)
 
     def layer_report(self) -> dict[str, dict[str, float]]:
         """Per Conv2d/Linear layer: its parameters now, and the fraction of its output channels removed."""
@@ -181,11 +192,10 @@ class ChannelPruner:
             raise ValueError(f"unknown criterion '{criterion}'; accepted: {', '.join(STRUCTURED_CRITERIA)}")
         if criterion in _GRADIENT and (grad_mean is None or grad_sq_mean is None):
             raise ValueError(f"criterion '{criterion}' needs gradient statistics")
-        names = {m: n for n, m in self.model.named_modules()}
         was_training = self.model.training
         self.model.eval()  # tracing runs a forward pass: keep BatchNorm's running statistics as they are
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example)
+            graph = self._dependency_graph()
         if criterion in _GRADIENT:
             importance = tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
             for name, p in self.model.named_parameters():
@@ -193,36 +203,58 @@ class ChannelPruner:
         else:
             importance = _MAGNITUDE[criterion]()
 
-        cuts = []
-        for group in graph.get_all_groups(ignored_layers=self.kept, root_module_types=PRUNABLE_TYPES):
-            root, handler = group[0].dep.target.module, group[0].dep.handler
-            width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-            keep = max(1, round((1.0 - ratio) * self.original_widths[names[root]]))
-            if width <= keep:
-                continue
-            scores = importance(group)
-            drop = torch.sort(scores.float().cpu(), stable=True).indices[: width - keep].tolist()
-            cuts.append((root, handler, sorted(drop)))
+        cuts = self._cuts(graph, importance, ratio)
         removed = 0
         for root, handler, drop in cuts:
             graph.get_pruning_group(root, handler, drop).prune()
             removed += len(drop)
+        self._after_cuts()
         if criterion in _GRADIENT:
             self.model.zero_grad(set_to_none=True)
         self.model.train(was_training)
         self.ratio = max(self.ratio, ratio)
         return removed
 
+    def _dependency_graph(self) -> tp.DependencyGraph:
+        return tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example)
+
+    def _keep(self, original: int, ratio: float) -> int:
+        """What a unit of ``original`` channels (or heads) keeps at ``ratio``: at least one."""
+        return max(1, round((1.0 - ratio) * original))
+
+    def _cuts(self, graph: tp.DependencyGraph, importance: Any,
+              ratio: float) -> list[tuple[nn.Module, Any, list[int]]]:
+        """(root layer, pruning function, indices to drop) for every group that is wider than ``ratio`` allows."""
+        names = {m: n for n, m in self.model.named_modules()}
+        cuts = []
+        for group in graph.get_all_groups(ignored_layers=self.kept, root_module_types=PRUNABLE_TYPES):
+            root, handler = group[0].dep.target.module, group[0].dep.handler
+            width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+            keep = self._keep(self.original_widths[names[root]], ratio)
+            if width <= keep:
+                continue
+            scores = importance(group)
+            drop = torch.sort(scores.float().cpu(), stable=True).indices[: width - keep].tolist()
+            cuts.append((root, handler, sorted(drop)))
+        return cuts
+
+    def _after_cuts(self) -> None:
+        """What a pruned model needs beyond new tensor shapes (nothing for convolutional networks)."""
+
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Shrink ``model``'s Conv2d, Linear and BatchNorm2d layers to the shapes in ``state``, in place.
+    """Shrink ``model``'s Conv2d, Linear, BatchNorm2d and LayerNorm layers to the shapes in ``state``, in place.
 
     The tensors are left uninitialised; load ``state`` next. Only these layer
-    types may differ (our models hold parameters in nothing else).
+    types may differ (our models, and the timm ViTs structured pruning handles,
+    hold prunable parameters in nothing else). Attention layers whose heads were
+    pruned get their head count back from their qkv layer's shape.
     """
+    from tune_prune.pruning.structured_vit import sync_heads  # it builds on this module
+
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if not isinstance(module, (*PRUNABLE_TYPES, nn.BatchNorm2d)):
+        if not isinstance(module, (*PRUNABLE_TYPES, nn.BatchNorm2d, nn.LayerNorm)):
             continue
         for attr, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             saved = state.get(prefix + attr)
@@ -237,6 +269,10 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
             module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1] * module.groups
         elif isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:  # without affine weights nothing was saved, so nothing can differ
+                module.normalized_shape = tuple(module.weight.shape)
         else:
             module.num_features = module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+    sync_heads(model)
     return model
