@@ -434,10 +434,17 @@ def run_trial(
 
 def _pruner(trial: TrialSpec, model: nn.Module, data: Bundle, device: torch.device,
             state: dict[str, Any] | None = None) -> MaskSet | ChannelPruner:
-    """Masks (unstructured) or a channel pruner (structured) for ``model``, restored from ``state``."""
+    """Masks (unstructured) or a channel pruner (structured) for ``model``, restored from ``state``.
+
+    Structured: a timm ViT gets the pruner that cuts its heads and MLP channels, any
+    other model the one that cuts channel groups.
+    """
     if trial.structure == STRUCTURED:
-        return ChannelPruner(model, torch.zeros(1, *data.in_shape, device=device), state,
-                             include=trial.prune_include, exclude=trial.prune_exclude)
+        from tune_prune.pruning.structured_vit import ViTPruner, vit_attention
+
+        kind = ViTPruner if vit_attention(model) else ChannelPruner
+        return kind(model, torch.zeros(1, *data.in_shape, device=device), state,
+                    include=trial.prune_include, exclude=trial.prune_exclude)
     masks = MaskSet(model, trial.prune_include, trial.prune_exclude)
     if state is not None:
         masks.load_state_dict(state)

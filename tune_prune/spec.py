@@ -717,12 +717,13 @@ def check_model(spec: SweepSpec) -> None:
         raise SpecError("model", f"{m.source} model {m.name!r} cannot take this dataset's {in_shape[0]}x"
                         f"{in_shape[1]}x{in_shape[2]} images: {str(exc).splitlines()[0][:200]}") from None
     if spec.structure == STRUCTURED:
-        attention = sorted({type(mod).__name__ for mod in model.modules()
-                            if hasattr(mod, "num_heads") or isinstance(mod, torch.nn.MultiheadAttention)})
-        if attention:
-            raise SpecError("structure", f"structured pruning does not handle attention layers "
-                            f"({', '.join(attention)}) yet: their heads would need pruning as units; use "
-                            "structure: unstructured for this model")
+        from tune_prune.pruning.structured_vit import SUPPORTED_ATTENTION, unsupported_attention
+
+        problems = unsupported_attention(model)
+        if problems:
+            raise SpecError("structure", f"structured pruning does not handle {'; '.join(problems)}: it prunes "
+                            f"attention heads only in {SUPPORTED_ATTENTION}; use structure: unstructured "
+                            "for this model")
     layers = [n for n, mod in model.named_modules() if isinstance(mod, PRUNABLE_TYPES)]
     for which, patterns in (("include", spec.prune_include), ("exclude", spec.prune_exclude)):
         for i, pattern in enumerate(patterns):
