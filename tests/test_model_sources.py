@@ -108,7 +108,7 @@ def test_model_sources_refuse_unknown_names(model, field, message):
     assert info.value.field == field and message in str(info.value)
 
 
-def test_a_timm_vit_is_pruned_unstructured_and_refused_structured_at_validate(tmp_path):
+def test_a_timm_vit_is_pruned_unstructured_and_accepted_structured_at_validate(tmp_path):
     vit = {"source": "timm", "name": "vit_small_patch16_224",
            "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}}
     spec = parse_spec(_raw(dataset=_images(tmp_path), model=vit, prune={"exclude": ["patch_embed.*", "head"]}),
@@ -121,8 +121,8 @@ def test_a_timm_vit_is_pruned_unstructured_and_refused_structured_at_validate(tm
     masks.prune_to(0.7)
     assert abs(masks.measured_sparsity() - 0.7) < 1e-4
     assert torch.equal(model.head.weight, before["head.weight"])  # excluded: untouched
-    with pytest.raises(SpecError, match=r"^structure: structured pruning does not handle attention layers"):
-        parse_spec(_raw(dataset=_images(tmp_path), model=vit, structure="structured"), check_data=True)
+    structured = parse_spec(_raw(dataset=_images(tmp_path), model=vit, structure="structured"), check_data=True)
+    assert structured.structure == "structured"  # heads and MLP channels: tests/test_structured_vit.py
 
 
 def test_prune_patterns_must_match_a_layer_and_leave_something(tmp_path):
