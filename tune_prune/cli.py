@@ -157,7 +157,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     front = fr.frontier(finished)
     print(f"sweep run {run.info.run_name} ({run.info.run_id}), {finished['trial_key'].nunique()} trials recorded")
-    print(report.format_frontier(front, fr.dense_baseline(finished)))
+    print(report.format_frontier(front, fr.dense_baseline(finished), finished))
     if args.csv:
         report.write_csv(front, args.csv)
         print(f"frontier written to {args.csv}")
@@ -181,6 +181,7 @@ def _positive(value: float | None, flag: str) -> None:
 def cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
+    from tune_prune.frontier import patience_cut_lines, patience_cuts
     from tune_prune.recommend import format_recommendation, recommend
 
     if not 0.0 < args.sparsity < 1.0:
@@ -195,12 +196,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     rec = recommend(records, args.sparsity, args.budget_epochs, seconds)
     if args.json:
         payload = rec.to_dict()
+        payload["patience_cut"] = patience_cuts(records).to_dict(orient="records")
         payload["sweep_run_id"] = run.info.run_id
         payload["experiment"] = args.experiment
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(f"experiment '{args.experiment}', sweep run {run.info.run_name} ({run.info.run_id})")
         print(format_recommendation(rec))
+        for line in patience_cut_lines(records):
+            print(f"  warning: {line}")
     return 0
 
 

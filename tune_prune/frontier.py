@@ -215,3 +215,32 @@ def pivot(front: pd.DataFrame) -> pd.DataFrame:
     table.index.name = "channel ratio" if is_structured(front) else "sparsity"
     table.columns.name = None
     return table
+
+
+def patience_cuts(records: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: how many of its patience-mode prune events the epoch cap ended while
+    patience was still waiting (columns: strategy, patience_events, cut, cut_fraction).
+
+    A strategy with cut events was not run under the patience protocol it names: what was
+    measured is a fixed-budget comparison. Fixed-epoch events and the dense baseline do
+    not count; strategies with no patience event are left out.
+    """
+    columns = ["strategy", "patience_events", "cut", "cut_fraction"]
+    if records.empty or "patience_cut" not in records:
+        return pd.DataFrame(columns=columns)
+    rows = records[records["patience_cut"].notna() & (records["strategy"] != "dense")]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    g = rows.groupby("strategy")["patience_cut"]
+    out = pd.DataFrame({"patience_events": g.size(), "cut": g.sum().astype(int)}).reset_index()
+    out["cut_fraction"] = out["cut"] / out["patience_events"]
+    return out[columns].sort_values("strategy").reset_index(drop=True)
+
+
+def patience_cut_lines(records: pd.DataFrame) -> list[str]:
+    """The warning a user must see before reading a frontier, one line per strategy whose
+    patience the budget cut (empty when none was cut)."""
+    cuts = patience_cuts(records)
+    return [f"{r.strategy}: patience cut in {r.cut_fraction * 100:.0f}% of events ({r.cut} of {r.patience_events}): "
+            "this is a fixed-budget comparison, not the patience protocol"
+            for r in cuts.itertuples() if r.cut > 0]

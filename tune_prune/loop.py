@@ -56,6 +56,9 @@ class EventRecord:
     param_sparsity: float | None = None
     mac_sparsity: float | None = None  # structured only: dense kernels skip no zero
     channel_sparsity: float | None = None  # structured only
+    # patience events only: 1 when the epoch cap (budget policy or epochs_per_event) ended the
+    # event while patience was still waiting, 0 when patience ended it; None for fixed epochs
+    patience_cut: float | None = None
 
     def metrics(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items() if v is not None}
@@ -384,7 +387,7 @@ def run_trial(
         best_state = copy.deepcopy(model.state_dict())
         best_eval = pruned_eval
         opt = _sgd(model, ft.lr, ft.momentum, ft.weight_decay)
-        ran = 0
+        ran, stopped = 0, False
         for e in range(1, epochs + 1):
             loss = train_epoch(model, opt, data, ft.batch_size, _generator(device, trial.seed, cost + 1), masks, fast)
             cost += 1
@@ -395,6 +398,7 @@ def run_trial(
                 best_state = copy.deepcopy(model.state_dict())
                 best_eval = ev
             if patience is not None and tracker.should_stop:
+                stopped = True
                 break
         model.load_state_dict(best_state)
         test_eval = evaluate(model, data, "test", fast=fast)
@@ -414,6 +418,7 @@ def run_trial(
             budget_cap=cap,
             cost_epochs=cost,
             wall_seconds=wall,
+            patience_cut=None if patience is None else float(not stopped),
             **_reached(masks),
         )
         records.append(record)

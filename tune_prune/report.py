@@ -16,9 +16,12 @@ from tune_prune.recommend import recommend
 COLORS = {"one_shot": "tab:blue", "constant": "tab:orange", "geometric": "tab:green", "hybrid": "tab:red"}
 
 
-def format_frontier(front: pd.DataFrame, dense: dict[str, float]) -> str:
-    """The table a sweep ends with: test accuracy (%) per sparsity and strategy, plus the dense baseline."""
-    lines = []
+def format_frontier(front: pd.DataFrame, dense: dict[str, float], records: pd.DataFrame | None = None) -> str:
+    """The table a sweep ends with: test accuracy (%) per sparsity and strategy, plus the dense baseline.
+
+    With ``records``, strategies whose patience the budget cut are named first.
+    """
+    lines = fr.patience_cut_lines(records) if records is not None else []
     if dense.get("seeds"):
         lines.append(
             f"dense baseline (sparsity 0): test accuracy {dense['test_accuracy_mean'] * 100:.2f} "
@@ -199,6 +202,7 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
     pareto = fr.pareto_front(per_config)
 
     files = [
+        write_csv(fr.patience_cuts(finished), out / "patience_cuts.csv"),
         write_csv(front, out / "frontier.csv"),
         write_csv(matched, out / "budget_matched.csv"),
         write_csv(pareto, out / "pareto.csv"),
@@ -238,6 +242,7 @@ img{{max-width:100%;margin:0.5em 0}}</style></head><body>
 <p>{html.escape(dense_line)} {finished['trial_key'].nunique()} finished trials.
 Each strategy's point at a sparsity is its configuration with the best mean validation accuracy among
 runs that reached at least that sparsity; test accuracy is reported as mean ± 95% CI half-width over seeds.</p>
+{"".join(f'<p class="warn"><b>{html.escape(line)}</b></p>' for line in fr.patience_cut_lines(finished))}
 <h2>Frontier</h2>{_img(out / "frontier.png")}
 {pivot.to_html() if not pivot.empty else "<p>no frontier</p>"}
 <h2>What the pruned models buy: measured inference speed</h2>

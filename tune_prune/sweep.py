@@ -601,6 +601,6 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
         tags={"tune_prune.failed_trials": ",".join(failed)[:5000]} if failed else None,
     )
     tracker.end("FINISHED" if not failed else "FAILED")
-    summary = report.format_frontier(front, dense)
+    summary = report.format_frontier(front, dense, finished)
     n_run = records["trial_key"].nunique()
     return SweepOutcome(experiment, parent_id, tracker.uri, n_run, failed, front, dense, wall, summary)

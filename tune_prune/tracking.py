@@ -44,7 +44,7 @@ LAYER_SPARSITY = "layer_sparsity.json"
 FINAL_MODEL = "final_model.pt"
 
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
-                 "param_sparsity", "mac_sparsity")
+                 "param_sparsity", "mac_sparsity", "patience_cut")
 #: measured once per trial, on its final model (tune_prune.speed); NaN where not measured
 SPEED_METRICS = ("latency_ms", "dense_latency_ms", "latency_speedup", "throughput", "dense_throughput",
                  "throughput_speedup", "csr_latency_speedup", "csr_throughput_speedup")
