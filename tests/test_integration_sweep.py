@@ -96,6 +96,9 @@ def test_one_child_run_per_trial_with_params_and_per_event_metrics(sweep):
         assert accel[n] == pytest.approx(wall[n] * spec.resources.cpu)
         epochs = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
         assert sorted(m.step for m in epochs) == list(range(1, int(cost[n]) + 1))
+        # every patience event says whether its cap cut it: cut events ran exactly their cap
+        cut = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "patience_cut")}
+        assert sorted(cut) == list(range(1, n + 1)) and set(cut.values()) <= {0.0, 1.0}
 
 
 def test_frontier_has_all_four_strategies_and_the_dense_baseline(sweep):
@@ -170,6 +173,14 @@ def test_recommend_json_answers_from_the_recorded_sweep(sweep, capsys):
     assert payload["winner"]["test_accuracy_mean"] == pytest.approx(best.test_accuracy_mean)
     assert payload["winner"]["sparsity_mean"] >= 0.9 - 1e-4
     assert payload["comparison"]["method"] == "none"  # one seed in the smoke test: no test possible
+    # the patience cuts come with the answer, per strategy, as the records say
+    from tune_prune import frontier as fr
+    from tune_prune.tracking import load_records
+
+    records = load_records(outcome.tracking_uri, MlflowClient(outcome.tracking_uri).get_run(
+        outcome.parent_run_id).info.experiment_id, outcome.parent_run_id)
+    assert payload["patience_cut"] == fr.patience_cuts(records).to_dict(orient="records")
+    assert {row["strategy"] for row in payload["patience_cut"]} == {"one_shot", "constant", "geometric", "hybrid"}
 
 
 def test_recommend_beyond_the_data_names_nearest_points(sweep, capsys):
