@@ -56,3 +56,42 @@ def test_cut_fractions_per_strategy_and_the_warning_lines():
     # the sweep summary leads with it
     assert format_frontier(pd.DataFrame(columns=fr.FRONTIER_COLUMNS), {}, records).startswith("geometric: patience cut")
     assert fr.patience_cut_lines(pd.DataFrame(_rows("one_shot", [0, 0]))) == []
+
+
+def test_patience_can_watch_the_validation_loss(setup):
+    """finetune.monitor: val_loss stops on the loss (lower is better) and still keeps the best-accuracy epoch."""
+    from dataclasses import replace
+
+    from tune_prune.pruning.patience import Patience
+
+    p = Patience(patience=1, min_delta=0.05, mode="min")
+    assert [p.update(v, e) for e, v in enumerate([1.0, 0.9, 0.88, 0.8])] == [True, True, False, True]
+    assert p.best == 0.8 and p.best_epoch == 3
+
+    data, dense = setup
+    trial = make_trial("one_shot", 0.5, (), patience=0, budget=40)
+    trial = replace(trial, finetune=replace(trial.finetune, monitor="val_loss"))
+    epochs = []
+    (rec,) = run_trial(trial, data, dense, torch.device("cpu"), Hooks(on_epoch=epochs.append))
+    losses = [rec.pruned_val_loss] + [e.val_loss for e in epochs]
+    stop = len(epochs)
+    assert rec.patience_cut == 0.0 and stop < 40
+    # it stopped at the first epoch whose loss did not beat every earlier one of the event
+    assert losses[stop] >= min(losses[:stop])
+    assert all(losses[e] < min(losses[:e]) for e in range(1, stop))
+    # and kept the epoch with the best accuracy, not the best loss
+    accs = [rec.pruned_val_accuracy] + [e.val_accuracy for e in epochs]
+    assert rec.val_accuracy == max(accs)
+
+
+def test_the_monitor_is_part_of_a_trial_key_only_when_it_is_not_the_default():
+    import copy
+
+    from test_spec import PINNED, PINNED_NAMES
+    from tune_prune.spec import parse_spec
+
+    raw = copy.deepcopy(PINNED)
+    raw["finetune"] = {"monitor": "val_accuracy"}
+    assert [t.name for t in parse_spec(raw).trials()] == PINNED_NAMES
+    raw["finetune"] = {"monitor": "val_loss"}
+    assert parse_spec(raw).trials()[1].name != PINNED_NAMES[1]

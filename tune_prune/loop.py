@@ -47,6 +47,7 @@ class EventRecord:
     test_accuracy: float
     test_loss: float
     pruned_val_accuracy: float  # right after pruning, before fine-tuning
+    pruned_val_loss: float
     event_epochs: int  # epochs run in this event
     best_epoch: int  # 0 = the freshly pruned weights were never beaten
     budget_cap: int  # epochs the budget policy allowed this event
@@ -382,8 +383,16 @@ def run_trial(
             patience = trial.first_patience if (i == 0 and trial.first_patience is not None) else trial.patience
 
         pruned_eval = evaluate(model, data, "val", fast=fast)
-        tracker = Patience(patience=patience if patience is not None else epochs, min_delta=ft.min_delta)
+        wait = patience if patience is not None else epochs
+        # The kept checkpoint is always the best val accuracy; what patience watches is
+        # finetune.monitor (val_loss: as the authors' main branch, which stops on the loss
+        # while keeping the best top-1).
+        on_loss = ft.monitor == "val_loss"
+        tracker = Patience(patience=wait, min_delta=0.0 if on_loss else ft.min_delta)
+        stopper = Patience(patience=wait, min_delta=ft.min_delta, mode="min") if on_loss else tracker
         tracker.update(pruned_eval.accuracy, 0)
+        if on_loss:
+            stopper.update(pruned_eval.loss, 0)
         best_state = copy.deepcopy(model.state_dict())
         best_eval = pruned_eval
         opt = _sgd(model, ft.lr, ft.momentum, ft.weight_decay)
@@ -397,7 +406,9 @@ def run_trial(
             if tracker.update(ev.accuracy, e):
                 best_state = copy.deepcopy(model.state_dict())
                 best_eval = ev
-            if patience is not None and tracker.should_stop:
+            if on_loss:
+                stopper.update(ev.loss, e)
+            if patience is not None and stopper.should_stop:
                 stopped = True
                 break
         model.load_state_dict(best_state)
@@ -413,6 +424,7 @@ def run_trial(
             test_accuracy=test_eval.accuracy,
             test_loss=test_eval.loss,
             pruned_val_accuracy=pruned_eval.accuracy,
+            pruned_val_loss=pruned_eval.loss,
             event_epochs=ran,
             best_epoch=tracker.best_epoch,
             budget_cap=cap,

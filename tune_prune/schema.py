@@ -336,7 +336,11 @@ class FinetuneSection(Section):
     batch_size: PositiveInt = 128
     momentum: NonNegativeFloat = 0.9
     weight_decay: NonNegativeFloat = 5e-4
-    min_delta: NonNegativeFloat = Field(0.0, description="patience: an improvement must exceed this")
+    min_delta: NonNegativeFloat = Field(0.0, description="patience: an improvement of the monitored metric "
+                                        "must exceed this")
+    monitor: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="what patience watches; the kept checkpoint is always the best val accuracy "
+        "(val_loss with min_delta 0 is the authors' main branch; val_accuracy with 1e-4 their refactor branch)")
 
 
 PolicyName = Literal[tuple(sorted(BUDGET_POLICIES))]  # type: ignore[valid-type]

@@ -160,6 +160,7 @@ class FinetuneSpec:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     min_delta: float = 0.0
+    monitor: str = "val_accuracy"  # what patience watches: val_accuracy or val_loss
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,8 @@ class TrialSpec:
                 d.pop(f)
         d["model"] = self.model.key_dict()
         d["dataset"] = self.dataset.key_dict()
+        if d["finetune"]["monitor"] == "val_accuracy":
+            d["finetune"].pop("monitor")
         return d
 
     @classmethod

@@ -124,6 +124,7 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "weight_decay": trial.finetune.weight_decay,
         "batch_size": trial.finetune.batch_size,
         "min_delta": trial.finetune.min_delta,
+        "monitor": trial.finetune.monitor,
         "model": trial.model.name,
         "model_source": trial.model.source,
         "dataset": trial.dataset.name,
