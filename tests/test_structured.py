@@ -191,6 +191,7 @@ def test_unstructured_trial_keys_are_unchanged_by_the_structure_field(quickstart
         for added in ("structure", "prune_include", "prune_exclude"):
             del d[added]
         d["model"] = {"name": d["model"]["name"], "options": d["model"]["options"]}
+        del d["finetune"]["monitor"]
         assert trial.key == _hash(d)
         assert trial.dense_key == _hash({"model": d["model"], "dataset": d["dataset"], "seed": d["seed"],
                                          "pretrain": d["pretrain"]})
