@@ -193,3 +193,7 @@ def test_relative_data_paths_mean_the_working_directory_of_the_driver(tmp_path, 
     spec = parse_spec(raw)
     assert spec.dataset.root == str(tmp_path / "imgs")
     assert spec.dataset.kwargs_own()["test_root"] == str(tmp_path / "imgs")
+    # the record holds the resolved paths: `resume`, run from elsewhere, parses the same trials
+    monkeypatch.chdir(tmp_path / "imgs")
+    again = parse_spec(spec.resolved_dict())
+    assert again.dataset == spec.dataset and [t.key for t in again.trials()] == [t.key for t in spec.trials()]

@@ -592,6 +592,12 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         data[k] = _absolute(data[k])
     dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
     model = _model(checked.model)
+    # The record (and `tune-prune resume`, which parses it again from wherever it runs)
+    # carries the resolved paths, so a resumed sweep finds the same files and trial keys.
+    raw = copy.deepcopy(raw)
+    raw["dataset"].update({k: v for k, v in {**common, **data}.items() if k == "root" or k.endswith("_root")})
+    if model.checkpoint is not None:
+        raw["model"]["checkpoint"] = model.checkpoint
     budget_given = _given(checked.budget)
     budget = BudgetSpec(**{k: budget_given[k] for k in ("epochs", "policy") if k in budget_given})
     sweep_budget = SweepBudgetSpec(epochs=checked.budget.sweep_epochs,
