@@ -6,13 +6,13 @@ signatures (tune_prune.fields has the shared types), so ``model: {name: mlp,
 hiden: [16]}`` is refused at spec time the same way a top-level typo is.
 
 ``validate_raw`` checks a raw mapping (as loaded from YAML) and returns the
-validated ``SpecModel``; a mistake raises ``SchemaError(path, message)`` for the
+validated spec model; a mistake raises ``SchemaError(path, message)`` for the
 first problem found, where ``path`` is the dotted field path (``seeds[1]``,
 ``strategies.geometric.rate0``) and the message says what is accepted.
 ``json_schema()`` is what ``tune-prune schema`` prints for editors.
 
 Cross-field rules that need the schedules (does every configuration fit its
-budget?) live in tune_prune.spec, which turns a SpecModel into frozen objects.
+budget?) live in tune_prune.spec, which turns the validated model into frozen objects.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ STRUCTURES = ("structured", "unstructured")
 DEFAULT_CRITERION = {"unstructured": "global_magnitude", "structured": "l2_magnitude"}
 AMP_CHOICES = ("auto", "bf16", "fp32")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: the fields of a spec, in the order messages list them
+TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
+            "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
+            "structure", "speed", "execution", "prune", "smoke_test")
 
 
 class SchemaError(ValueError):
@@ -420,7 +424,6 @@ class ResourcesSection(Section):
 
 # ---------------------------------------------------------------- strategies
 
-#: knob -> (check of one value, its JSON Schema, integer?)
 def _fraction(v: Any) -> Any:
     if is_number(v) and 0 < v < 1:
         return v
@@ -445,6 +448,7 @@ def _epochs(v: Any) -> Any:
     raise invalid("must be an integer >= 1", v)
 
 
+#: kind of knob -> (check of one value, its JSON Schema, integer?)
 _KNOB_KINDS: dict[str, tuple[Callable[[Any], Any], dict[str, Any], bool]] = {
     "fraction": (_fraction, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, False),
     "positive": (_positive, {"type": "number", "exclusiveMinimum": 0}, False),
@@ -538,9 +542,7 @@ def _sparsity(v: Any) -> float:
 
 
 def _build_spec_model() -> type[Section]:
-    top_keys = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
-                "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-                "structure", "speed", "execution", "prune")
+    top_keys = tuple(k for k in TOP_KEYS if k != "smoke_test")
 
     class SpecBase(Section):
         @model_validator(mode="after")
@@ -611,10 +613,6 @@ def spec_model() -> type[Section]:
         _SPEC_MODEL = _build_spec_model()
     return _SPEC_MODEL
 
-
-TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
-            "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-            "structure", "speed", "execution", "prune", "smoke_test")
 
 
 def json_schema() -> dict[str, Any]:
