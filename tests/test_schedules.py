@@ -80,3 +80,18 @@ def test_hybrid_big_first_event_then_geometric_tail_over_original_weights():
 def test_bad_knobs_name_the_field(name, target, knobs, field):
     with pytest.raises(ScheduleError, match=field):
         build_schedule(name, target, **knobs)
+
+
+def test_hybrid_with_an_absolute_first_sparsity_is_a_row_of_the_papers_table():
+    # Table 3 style: first step to 0.7 of the ORIGINAL weights, then a geometric tail at rate 0.05
+    s = hybrid(0.92, rate0=0.05, first_sparsity=0.7)
+    assert s[0] == 0.7 and s[-1] == 0.92
+    assert s[1:] == pytest.approx(tuple(0.7 + t for t in geometric(0.92 - 0.7, 0.05)))
+    assert hybrid(0.9, rate0=0.1, first_sparsity=0.63) == pytest.approx(hybrid(0.9, rate0=0.1, first_fraction=0.7))
+    for bad in ({}, {"first_fraction": 0.7, "first_sparsity": 0.5}):
+        with pytest.raises(ScheduleError, match="exactly one of first_fraction and first_sparsity"):
+            hybrid(0.9, rate0=0.1, **bad)
+    with pytest.raises(ScheduleError, match="first_sparsity 0.9 must be below the target 0.9"):
+        hybrid(0.9, rate0=0.1, first_sparsity=0.9)
+    with pytest.raises(ScheduleError, match=r"needs first_fraction or first_sparsity \(exactly one\)"):
+        build_schedule("hybrid", 0.9, rate0=0.1)

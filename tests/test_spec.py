@@ -197,3 +197,29 @@ def test_relative_data_paths_mean_the_working_directory_of_the_driver(tmp_path, 
     monkeypatch.chdir(tmp_path / "imgs")
     again = parse_spec(spec.resolved_dict())
     assert again.dataset == spec.dataset and [t.key for t in again.trials()] == [t.key for t in spec.trials()]
+
+
+def test_a_grid_of_absolute_first_sparsities_leaves_out_the_points_at_or_above_the_target(capsys):
+    from tune_prune.cli import main
+
+    raw = copy.deepcopy(PINNED)
+    raw["target_sparsities"] = [0.7, 0.8, 0.92]
+    raw["strategies"] = {"hybrid": {"first_sparsity": [0.5, 0.6, 0.7, 0.8], "rate0": 0.1, "patience": 2,
+                                    "first_patience": 5}}
+    spec = parse_spec(raw)
+    pairs = sorted((dict(t.knobs)["first_sparsity"], t.target) for t in spec.trials() if not t.is_dense)
+    # the paper's Tables 3-4: p_k only below the target
+    assert pairs == sorted((p, t) for p in (0.5, 0.6, 0.7, 0.8) for t in (0.7, 0.8, 0.92) if p < t)
+    assert spec.left_out() == {"hybrid": 3}
+    for both in ({"first_fraction": 0.7}, {}):
+        bad = copy.deepcopy(raw)
+        bad["strategies"]["hybrid"].update(both)
+        if not both:
+            del bad["strategies"]["hybrid"]["first_sparsity"]
+        with pytest.raises(SpecError, match=r"^strategies.hybrid.first_fraction: give exactly one of first_fraction "
+                                            r"and first_sparsity"):
+            parse_spec(bad)
+    adaptive = copy.deepcopy(raw)
+    adaptive["search"] = {"mode": "adaptive"}
+    with pytest.raises(SpecError, match=r"^strategies.hybrid.first_sparsity: in adaptive search every value"):
+        parse_spec(adaptive)

@@ -60,6 +60,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"({spec.budget.policy}); seeds {list(spec.seeds)}; target sparsities {list(spec.target_sparsities)}")
     for name, count in per.items():
         print(f"  {name:<10} {count:>4} trials")
+    for name, count in spec.left_out().items():
+        print(f"  {name:<10} {count:>4} grid points left out: first_sparsity is not below their target")
     print(f"  planned cost: {plan.fixed_epochs} epochs in fixed-epoch trials + at most {plan.patience_cap_epochs} "
           f"in patience trials + {plan.pretrain_epochs} pretraining (if not cached) = at most {plan.total_epochs} epochs")
     if plan.accelerator_hours is not None:

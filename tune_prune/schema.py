@@ -40,7 +40,7 @@ from tune_prune.fields import (
 )
 from tune_prune.pruning.budget import BUDGET_POLICIES
 from tune_prune.pruning.criteria import CRITERIA
-from tune_prune.pruning.schedules import SCHEDULE_KNOBS
+from tune_prune.pruning.schedules import SCHEDULE_KNOBS, SCHEDULE_ONE_OF, required_knobs
 
 STRUCTURES = ("structured", "unstructured")
 DEFAULT_CRITERION = {"unstructured": "global_magnitude", "structured": "l2_magnitude"}
@@ -459,6 +459,8 @@ _KNOB_HELP = {
     "step": ("fraction", "constant: sparsity removed per event, as a share of the original weights"),
     "rate0": ("fraction", "geometric/hybrid: the nominal per-event rate; the exact rate lands on the target"),
     "first_fraction": ("fraction", "hybrid: the first event reaches this fraction of the target"),
+    "first_sparsity": ("fraction", "hybrid: the first event reaches this sparsity (absolute, as in the paper's "
+                       "Tables 3-4); grid points at targets not above it are left out"),
     "patience": ("patience", "epochs without val improvement before the next event; null: fixed epochs"),
     "first_patience": ("patience", "hybrid: patience after the first (large) event"),
     "epochs_per_event": ("epochs", "fixed epochs per event, or the per-event cap with patience"),
@@ -517,7 +519,7 @@ def _strategy_model(schedule: str) -> type[Section]:
     keys = SCHEDULE_KNOBS[schedule] + COMMON_STRATEGY_KEYS + EXTRA_STRATEGY_KEYS.get(schedule, ())
     fields = {}
     for k in keys:
-        required = k in SCHEDULE_KNOBS[schedule]
+        required = k in required_knobs(schedule)
         fields[k] = (_knob_type(k), Field(... if required else None, description=_KNOB_HELP[k][1]
                                           + " (a value, a list of values for the grid, or {low, high, log})"))
     doc = f"The {schedule} schedule's knobs and fine-tuning settings; lists are grid axes."
@@ -557,6 +559,11 @@ def _build_spec_model() -> type[Section]:
                           "to their knobs")
             adaptive = self.search.mode == "adaptive"
             for schedule, strat in chosen.items():
+                for group in SCHEDULE_ONE_OF.get(schedule, ()):
+                    given = [k for k in group if getattr(strat, k) is not None]
+                    if len(given) != 1:
+                        raise _at(f"strategies.{schedule}.{group[0]}", f"give exactly one of {' and '.join(group)}"
+                                  + (", not both" if given else ""))
                 for key, value in strat:
                     if isinstance(value, Mapping) and not adaptive:
                         raise _at(f"strategies.{schedule}.{key}", "ranges ({low, high}) need search.mode: "

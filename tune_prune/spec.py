@@ -463,8 +463,19 @@ class SweepSpec:
         for strat in self.strategies:
             for point in strat.points():
                 for target in self.target_sparsities:
+                    if not _applies(point, target):
+                        continue
                     for seed in self.seeds:
                         out.append(make_trial(self.base(), strat.schedule, point, target, seed))
+        return out
+
+    def left_out(self) -> dict[str, int]:
+        """Grid points per strategy that cannot exist: a hybrid's first_sparsity at or above the target."""
+        out: dict[str, int] = {}
+        for strat in self.strategies:
+            n = sum(not _applies(p, t) for p in strat.points() for t in self.target_sparsities) * len(self.seeds)
+            if n:
+                out[strat.schedule] = n
         return out
 
     def corner_trials(self) -> list[TrialSpec]:
@@ -473,8 +484,21 @@ class SweepSpec:
         for strat in self.strategies:
             for point in strat.corners():
                 for target in self.target_sparsities:
+                    if not _applies(point, target):
+                        if self.search.mode == "adaptive":  # a sampler cannot be told to skip it
+                            raise SpecError(f"strategies.{strat.schedule}.first_sparsity",
+                                            f"in adaptive search every value must be below every target; "
+                                            f"{point['first_sparsity']} is not below {target:g}")
+                        continue
                     out.append(make_trial(self.base(), strat.schedule, point, target, self.seeds[0]))
         return out
+
+
+def _applies(point: Mapping[str, Any], target: float) -> bool:
+    """Whether a strategy point makes sense at ``target``: an absolute first step must lie below it
+    (the paper's Tables 3-4 only pair p_k with larger targets)."""
+    first = point.get("first_sparsity")
+    return first is None or isinstance(first, Range) or first < target
 
 
 #: TrialSpec fields that every trial of a sweep shares (the rest: schedule, knobs, target, seed)

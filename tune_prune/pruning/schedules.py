@@ -18,6 +18,14 @@ SCHEDULES: dict[str, ScheduleFn] = {}
 
 #: name -> the knobs that schedule accepts (besides ``target``).
 SCHEDULE_KNOBS: dict[str, tuple[str, ...]] = {}
+#: name -> groups of knobs of which exactly one must be given; every other knob is required.
+SCHEDULE_ONE_OF: dict[str, tuple[tuple[str, ...], ...]] = {"hybrid": (("first_fraction", "first_sparsity"),)}
+
+
+def required_knobs(name: str) -> tuple[str, ...]:
+    """The knobs schedule ``name`` cannot do without (alternatives in SCHEDULE_ONE_OF excluded)."""
+    optional = {k for group in SCHEDULE_ONE_OF.get(name, ()) for k in group}
+    return tuple(k for k in SCHEDULE_KNOBS[name] if k not in optional)
 
 
 class ScheduleError(ValueError):
@@ -104,19 +112,28 @@ def geometric(target: float, rate0: float) -> tuple[float, ...]:
     return _geometric_cumulative(target, _events_to_reach(target, rate0))
 
 
-@_register("first_fraction", "rate0")
-def hybrid(target: float, first_fraction: float, rate0: float) -> tuple[float, ...]:
-    """One big event to p_k = first_fraction * target, then a geometric tail to target.
+@_register("first_fraction", "first_sparsity", "rate0")
+def hybrid(target: float, rate0: float, first_fraction: float | None = None,
+           first_sparsity: float | None = None) -> tuple[float, ...]:
+    """One big event to p_k, then a geometric tail to target.
 
+    p_k is ``first_sparsity`` (absolute, as in the paper's Tables 3-4, which only use
+    p_k below the target) or ``first_fraction * target``: exactly one of the two.
     Variant implemented (the authors' code): the tail removes r(1-r)^(t-1) of the
     ORIGINAL weights at tail event t, with n the smallest count such that
     1-(1-rate0)^n >= target - p_k and r = 1-(1-(target-p_k))^(1/n); the tail therefore
     sums to exactly target - p_k, i.e. s = p_k + geometric(target - p_k, rate0).
     """
     target = _check_target(target)
-    first_fraction = _check_rate("first_fraction", first_fraction)
     rate0 = _check_rate("rate0", rate0)
-    p_k = first_fraction * target
+    if (first_fraction is None) == (first_sparsity is None):
+        raise ScheduleError("hybrid needs exactly one of first_fraction and first_sparsity")
+    if first_sparsity is not None:
+        p_k = _check_rate("first_sparsity", first_sparsity)
+        if p_k >= target:
+            raise ScheduleError(f"first_sparsity {p_k} must be below the target {target}")
+    else:
+        p_k = _check_rate("first_fraction", first_fraction) * target
     tail_total = target - p_k
     n = _events_to_reach(tail_total, rate0)
     tail = _geometric_cumulative(tail_total, n)
@@ -134,7 +151,10 @@ def build_schedule(name: str, target: float, **knobs: float) -> tuple[float, ...
             f"schedule '{name}' does not take {', '.join(unknown)}; "
             f"accepted knobs: {', '.join(accepted) or 'none'}"
         )
-    missing = [k for k in accepted if k not in knobs]
+    missing = [k for k in required_knobs(name) if k not in knobs]
+    for group in SCHEDULE_ONE_OF.get(name, ()):
+        if sum(k in knobs for k in group) != 1:
+            missing.append(" or ".join(group) + " (exactly one)")
     if missing:
         raise ScheduleError(f"schedule '{name}' needs {', '.join(missing)}")
     schedule = fn(target, **knobs)
