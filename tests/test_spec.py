@@ -223,3 +223,18 @@ def test_a_grid_of_absolute_first_sparsities_leaves_out_the_points_at_or_above_t
     adaptive["search"] = {"mode": "adaptive"}
     with pytest.raises(SpecError, match=r"^strategies.hybrid.first_sparsity: in adaptive search every value"):
         parse_spec(adaptive)
+
+
+def test_a_strategy_can_have_its_own_budget_policy(raw):
+    plain = {t.key for t in parse_spec(copy.deepcopy(raw)).trials() if t.schedule != "hybrid"}
+    raw["strategies"]["hybrid"]["budget_policy"] = "front_loaded"
+    spec = parse_spec(copy.deepcopy(raw))
+    policies = {(t.schedule, t.budget.policy) for t in spec.trials() if not t.is_dense}
+    assert policies == {("one_shot", "carry_over"), ("constant", "carry_over"), ("geometric", "carry_over"),
+                        ("hybrid", "front_loaded")}
+    assert {t.key for t in spec.trials() if t.schedule != "hybrid"} == plain  # the others are untouched
+    assert all("budget_policy=front_loaded" in t.config_label() for t in spec.trials() if t.schedule == "hybrid")
+    raw["strategies"]["hybrid"]["budget_policy"] = "greedy"
+    with pytest.raises(SpecError, match=r"^strategies.hybrid.budget_policy: must be a budget policy "
+                                        r"\(carry_over, even, front_loaded\), got 'greedy'"):
+        parse_spec(raw)

@@ -449,7 +449,14 @@ def _epochs(v: Any) -> Any:
 
 
 #: kind of knob -> (check of one value, its JSON Schema, integer?)
+def _policy(v: Any) -> Any:
+    if v in BUDGET_POLICIES:
+        return v
+    raise invalid(f"must be a budget policy ({', '.join(sorted(BUDGET_POLICIES))})", v)
+
+
 _KNOB_KINDS: dict[str, tuple[Callable[[Any], Any], dict[str, Any], bool]] = {
+    "policy": (_policy, {"enum": sorted(BUDGET_POLICIES)}, False),
     "fraction": (_fraction, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, False),
     "positive": (_positive, {"type": "number", "exclusiveMinimum": 0}, False),
     "patience": (_patience, {"type": ["integer", "null"], "minimum": 0}, True),
@@ -465,8 +472,10 @@ _KNOB_HELP = {
     "first_patience": ("patience", "hybrid: patience after the first (large) event"),
     "epochs_per_event": ("epochs", "fixed epochs per event, or the per-event cap with patience"),
     "lr": ("positive", "fine-tuning learning rate for this strategy (overrides finetune.lr)"),
+    "budget_policy": ("policy", "how this strategy's trials share their epochs between events (overrides "
+                      "budget.policy; the hybrid's long first patience wants front_loaded)"),
 }
-COMMON_STRATEGY_KEYS = ("patience", "epochs_per_event", "lr")
+COMMON_STRATEGY_KEYS = ("patience", "epochs_per_event", "lr", "budget_policy")
 EXTRA_STRATEGY_KEYS = {"hybrid": ("first_patience",)}
 RANGE_KEYS = ("low", "high", "log")
 

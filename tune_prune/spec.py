@@ -334,6 +334,8 @@ class TrialSpec:
         if self.epochs_per_event is not None:
             parts.append(f"epochs_per_event={self.epochs_per_event}")
         parts.append(f"lr={self.finetune.lr:g}")
+        if self.budget.policy != BudgetSpec.policy:
+            parts.append(f"budget_policy={self.budget.policy}")
         return " ".join(parts)
 
 
@@ -509,9 +511,11 @@ SHARED_FIELDS = ("dataset", "model", "pretrain", "finetune", "budget", "criterio
 def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], target: float, seed: int) -> TrialSpec:
     """One trial from shared settings, a strategy point (knob -> value), a target and a seed."""
     point = dict(point)
-    finetune = base["finetune"]
+    finetune, budget = base["finetune"], base["budget"]
     if "lr" in point:
         finetune = replace(finetune, lr=point.pop("lr"))
+    if "budget_policy" in point:
+        budget = replace(budget, policy=point.pop("budget_policy"))
     extras = {k: point.pop(k, None) for k in ("patience", "first_patience", "epochs_per_event")}
     knobs = tuple(sorted((k, float(v)) for k, v in point.items()))
     if extras["patience"] is not None:
@@ -520,7 +524,7 @@ def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], targe
         extras["first_patience"] = int(extras["first_patience"])
     if extras["epochs_per_event"] is not None:
         extras["epochs_per_event"] = int(extras["epochs_per_event"])
-    return TrialSpec(**{**base, "finetune": finetune}, schedule=schedule, target=float(target),
+    return TrialSpec(**{**base, "finetune": finetune, "budget": budget}, schedule=schedule, target=float(target),
                      seed=int(seed), knobs=knobs, **extras)
 
 
