@@ -142,7 +142,7 @@ CASES: dict[str, tuple[Any, str]] = {
                                 ("strategies.geometric.rate0", {"low": 0.3, "high": 0.1})),
                           "strategies.geometric.rate0: a range needs low < high"),
     # training, resources, execution
-    "zero learning rate": (_edit(("finetune.lr", 0)), "finetune.lr: must be a number > 0, got 0"),
+    "zero learning rate": (_edit(("finetune.lr", 0)), "finetune.lr: must be a number > 0, or a non-empty list"),
     "finetune option typo": (_edit(("finetune.learning_rate", 0.1)),
                              "finetune.learning_rate: unknown field; accepted: lr, batch_size"),
     "pretrain epochs zero": (_edit(("pretrain.epochs", 0)), "pretrain.epochs: 0 means: use the starting weights"),

@@ -238,3 +238,21 @@ def test_a_strategy_can_have_its_own_budget_policy(raw):
     with pytest.raises(SpecError, match=r"^strategies.hybrid.budget_policy: must be a budget policy "
                                         r"\(carry_over, even, front_loaded\), got 'greedy'"):
         parse_spec(raw)
+
+
+def test_a_learning_rate_list_is_an_axis_of_every_strategy_that_sets_none(raw):
+    raw["finetune"]["lr"] = [0.001, 0.01]
+    raw["strategies"]["hybrid"]["lr"] = 0.05  # says otherwise
+    spec = parse_spec(copy.deepcopy(raw))
+    lrs = {}
+    for t in spec.trials():
+        if not t.is_dense:
+            lrs.setdefault(t.schedule, set()).add(t.finetune.lr)
+    assert lrs == {"one_shot": {0.001, 0.01}, "constant": {0.001, 0.01}, "geometric": {0.001, 0.01},
+                   "hybrid": {0.05}}
+    single = copy.deepcopy(raw)
+    single["finetune"]["lr"] = 0.01
+    assert len(parse_spec(single).trials()) < len(spec.trials())
+    raw["finetune"]["lr"] = [0.01, 0.01]
+    with pytest.raises(SpecError, match=r"^finetune.lr: must not repeat a value"):
+        parse_spec(raw)

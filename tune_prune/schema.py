@@ -325,6 +325,21 @@ class PretrainSection(Section):
     weight_decay: NonNegativeFloat = 5e-4
 
 
+def _learning_rates(value: Any) -> Any:
+    if is_number(value) and value > 0:
+        return float(value)
+    if isinstance(value, list) and value and all(is_number(v) and v > 0 for v in value):
+        if len(set(value)) != len(value):
+            raise invalid("must not repeat a value", value)
+        return [float(v) for v in value]
+    raise invalid("must be a number > 0, or a non-empty list of them (a grid axis of every strategy)", value)
+
+
+LearningRates = custom(_learning_rates, {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                   {"type": "array", "minItems": 1,
+                                                    "items": {"type": "number", "exclusiveMinimum": 0}}]})
+
+
 class PruneSection(Section):
     """Which layers are pruned: every Conv2d and Linear (weights and biases) unless narrowed here."""
 
@@ -336,7 +351,8 @@ class PruneSection(Section):
 class FinetuneSection(Section):
     """Fine-tuning after every prune event: a fresh SGD optimizer, constant LR."""
 
-    lr: PositiveFloat = Field(0.01, description="constant learning rate (a strategy's lr axis overrides it)")
+    lr: LearningRates = Field(0.01, description="constant learning rate; a list is a grid axis of every strategy "
+                              "that does not set its own lr (so best-of-sweep never mixes schedule with lr)")
     batch_size: PositiveInt = 128
     momentum: NonNegativeFloat = 0.9
     weight_decay: NonNegativeFloat = 5e-4

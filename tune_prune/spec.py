@@ -635,9 +635,10 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
     spec = SweepSpec(
         name=checked.name, dataset=dataset, model=model,
         pretrain=_pretrain(checked, model),
-        finetune=FinetuneSpec(**_given(checked.finetune)),
+        finetune=_finetune(checked),
         budget=budget, target_sparsities=tuple(sorted(checked.target_sparsities)),
-        seeds=tuple(checked.seeds), strategies=_strategies(checked.strategies, raw["strategies"]),
+        seeds=tuple(checked.seeds), strategies=_strategies(checked.strategies, raw["strategies"],
+                                                         lr_axis=_lr_axis(checked)),
         resources=ResourcesSpec(**_given(checked.resources)), max_failures=checked.max_failures,
         storage_path=checked.storage_path, cache_dir=checked.cache_dir, sweep_budget=sweep_budget,
         search=SearchSpec(**_given(checked.search)),
@@ -772,14 +773,34 @@ def check_model(spec: SweepSpec) -> None:
         raise SpecError("prune", "include and exclude leave no layer to prune")
 
 
-def _strategies(checked: Any, raw: Mapping[str, Any]) -> tuple[StrategySpec, ...]:
-    """Each strategy's knobs as grid axes, in the order the spec lists the strategies."""
+def _lr_axis(checked: Any) -> list[float] | None:
+    lr = checked.finetune.lr
+    return lr if isinstance(lr, list) else None
+
+
+def _finetune(checked: Any) -> FinetuneSpec:
+    """Fine-tuning settings; a list of learning rates becomes the strategies' lr axis, so the
+    shared settings keep the first (what dense trials, which do not fine-tune, carry)."""
+    given = _given(checked.finetune)
+    if isinstance(given.get("lr"), list):
+        given["lr"] = given["lr"][0]
+    return FinetuneSpec(**given)
+
+
+def _strategies(checked: Any, raw: Mapping[str, Any], lr_axis: list[float] | None = None
+                ) -> tuple[StrategySpec, ...]:
+    """Each strategy's knobs as grid axes, in the order the spec lists the strategies.
+
+    ``lr_axis`` (finetune.lr given as a list) is every strategy's lr axis unless it sets its own.
+    """
     out = []
     for schedule in raw:
         if getattr(checked, schedule) is None:
             continue  # `name: null` leaves a strategy out (how a smoke_test drops one)
         knobs = _given(getattr(checked, schedule))
         knobs.setdefault("patience", None)
+        if lr_axis is not None:
+            knobs.setdefault("lr", list(lr_axis))
         allowed = SCHEDULE_KNOBS[schedule] + COMMON_STRATEGY_KEYS + EXTRA_STRATEGY_KEYS.get(schedule, ())
         grid = []
         for k in allowed:
