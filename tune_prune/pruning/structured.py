@@ -28,7 +28,7 @@ cuts whole attention heads and MLP channels and never the embedding dimension.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch_pruning as tp
@@ -80,15 +80,23 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
         else:
             total += out.numel() * module.in_features
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    forward_with_hooks(model, [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)], count, example)
+    return total // example.shape[0]
+
+
+@torch.no_grad()
+def forward_with_hooks(model: nn.Module, modules: list[nn.Module], hook: Callable[..., None],
+                       example: torch.Tensor) -> None:
+    """One eval-mode forward pass on ``example`` with ``hook`` on ``modules``; the hooks are removed
+    and the model's training mode restored afterwards."""
+    handles = [m.register_forward_hook(hook) for m in modules]
     was_training = model.training
     try:
         model.eval()(example)
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
         model.train(was_training)
-    return total // example.shape[0]
 
 
 def _widths(model: nn.Module) -> dict[str, int]:

@@ -37,7 +37,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from tune_prune.pruning.structured import ChannelPruner, count_macs
+from tune_prune.pruning.structured import ChannelPruner, count_macs, forward_with_hooks
 
 #: What structured pruning of attention handles, for messages.
 SUPPORTED_ATTENTION = "timm Vision Transformers (timm's Attention with a fused qkv layer, and its Mlp)"
@@ -121,14 +121,7 @@ def count_attention_macs(model: nn.Module, example: torch.Tensor) -> int:
         batch, tokens = inputs[0].shape[:2]
         total += 2 * batch * tokens * tokens * module.attn_dim
 
-    hooks = [m.register_forward_hook(count) for m in vit_attention(model).values()]
-    was_training = model.training
-    try:
-        model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    forward_with_hooks(model, list(vit_attention(model).values()), count, example)
     return total // example.shape[0]
 
 
