@@ -124,3 +124,36 @@ def test_pareto_front_cost_can_be_another_column():
     ])
     assert list(fr.pareto_front(per_config).config_key) == ["epochs_cheap"]
     assert list(fr.pareto_front(per_config, "accelerator_seconds_mean").config_key) == ["seconds_cheap"]
+
+
+def _points(records, levels, rule):
+    pts = fr.level_points(records, levels, rule)
+    return sorted((r.trial_key, r.sparsity_level, r.event) for r in pts.itertuples())
+
+
+def test_the_authors_frontier_rule_keeps_final_iterative_events_and_exact_hits_only():
+    rows = _rows("geometric", "g", 0.9, 0, [(0.5, .9, .9, 1), (0.75, .8, .8, 2), (0.9, .7, .7, 3)])
+    rows += _rows("constant", "c", 0.9, 0, [(0.3, .9, .9, 1), (0.6, .85, .85, 2), (0.89995, .8, .8, 3)])
+    rows += _rows("one_shot", "o", 0.5, 0, [(0.5, .9, .9, 1)])
+    records = pd.DataFrame(rows)
+    levels = [0.5, 0.6, 0.9]
+    # every event counts at every level it reaches (today's rule)
+    assert _points(records, levels, "all_events") == [
+        ("c-0", 0.5, 2), ("c-0", 0.6, 2), ("c-0", 0.9, 3),
+        ("g-0", 0.5, 1), ("g-0", 0.6, 2), ("g-0", 0.9, 3),
+        ("o-0", 0.5, 1)]
+    # the authors': geometric only with its final event at its own target; one-shot and constant
+    # events only where they hit a level (constant at 0.6 is an exact hit, at 0.5 nothing is)
+    assert _points(records, levels, "final_only") == [("c-0", 0.6, 2), ("c-0", 0.9, 3), ("g-0", 0.9, 3),
+                                                      ("o-0", 0.5, 1)]
+    front = fr.frontier(records, levels, "final_only")
+    assert set(zip(front.strategy, front.sparsity_level)) == {("constant", 0.6), ("constant", 0.9),
+                                                             ("geometric", 0.9), ("one_shot", 0.5)}
+    with pytest.raises(ValueError, match="frontier rule must be one of all_events, final_only"):
+        fr.level_points(records, levels, "best")
+
+
+def test_the_cli_offers_exactly_the_frontier_rules():
+    from tune_prune.cli import FRONTIER_RULE_CHOICES
+
+    assert FRONTIER_RULE_CHOICES == fr.FRONTIER_RULES

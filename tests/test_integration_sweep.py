@@ -46,6 +46,7 @@ def test_parent_run_has_spec_and_frontier_artifacts(sweep):
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tune_prune.kind"] == "sweep"
+    assert parent.data.tags["tune_prune.frontier_rule"] == spec.frontier_rule == "all_events"
     names = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"spec.yaml", "frontier.csv", "frontier.png", "events.csv", "pretraining.json", "report.html",
             "budget.png", "cost.png", "budget_matched.csv", "pareto.csv"} <= names
@@ -115,7 +116,20 @@ def test_frontier_command_reads_the_same_table_back(sweep, capsys):
     code = main(["frontier", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri])
     assert code == 0
     out = capsys.readouterr().out
-    assert outcome.summary in out
+    assert outcome.summary in out and "frontier rule all_events" in out
+    # the authors' rule, asked for: iterative runs count only at their own targets
+    from tune_prune import frontier as fr
+    from tune_prune.tracking import load_records
+
+    assert main(["frontier", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--frontier-rule", "final_only"]) == 0
+    out = capsys.readouterr().out
+    assert "frontier rule final_only" in out
+    client = MlflowClient(outcome.tracking_uri)
+    records = load_records(outcome.tracking_uri, client.get_run(outcome.parent_run_id).info.experiment_id,
+                           outcome.parent_run_id)
+    authors = fr.frontier(records[records["status"] == "FINISHED"], rule="final_only")
+    assert fr.pivot(authors).to_string() in out
 
 
 def test_frontier_command_on_unknown_experiment_exits_2(sweep, capsys):
@@ -180,6 +194,7 @@ def test_recommend_json_answers_from_the_recorded_sweep(sweep, capsys):
     records = load_records(outcome.tracking_uri, MlflowClient(outcome.tracking_uri).get_run(
         outcome.parent_run_id).info.experiment_id, outcome.parent_run_id)
     assert payload["patience_cut"] == fr.patience_cuts(records).to_dict(orient="records")
+    assert payload["frontier_rule"] == "all_events"  # the sweep's own, read from its parent run
     assert {row["strategy"] for row in payload["patience_cut"]} == {"one_shot", "constant", "geometric", "hybrid"}
 
 

@@ -10,6 +10,7 @@ from typing import Sequence
 from tune_prune.spec import SpecError, load_spec
 
 EXIT_BAD_INPUT = 2
+FRONTIER_RULE_CHOICES = ("all_events", "final_only")  # tune_prune.frontier.FRONTIER_RULES, without importing pandas
 
 
 def _fail(msg: str) -> int:
@@ -157,13 +158,22 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         _, run, finished = _load_sweep(args)
     except LookupError as exc:
         return _fail(str(exc))
-    front = fr.frontier(finished)
-    print(f"sweep run {run.info.run_name} ({run.info.run_id}), {finished['trial_key'].nunique()} trials recorded")
+    rule = _frontier_rule(args, run)
+    front = fr.frontier(finished, rule=rule)
+    print(f"sweep run {run.info.run_name} ({run.info.run_id}), {finished['trial_key'].nunique()} trials recorded"
+          f"; frontier rule {rule}")
     print(report.format_frontier(front, fr.dense_baseline(finished), finished))
     if args.csv:
         report.write_csv(front, args.csv)
         print(f"frontier written to {args.csv}")
     return 0
+
+
+def _frontier_rule(args: argparse.Namespace, run) -> str:
+    """--frontier-rule, else the rule the sweep was run with (its parent run's tag), else all_events."""
+    from tune_prune.tracking import TAG_FRONTIER_RULE
+
+    return args.frontier_rule or run.data.tags.get(TAG_FRONTIER_RULE, "all_events")
 
 
 def _load_sweep(args: argparse.Namespace):
@@ -195,10 +205,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     except LookupError as exc:
         return _fail(str(exc))
     seconds = args.budget_gpu_hours * 3600 if args.budget_gpu_hours is not None else None
-    rec = recommend(records, args.sparsity, args.budget_epochs, seconds)
+    rule = _frontier_rule(args, run)
+    rec = recommend(records, args.sparsity, args.budget_epochs, seconds, rule=rule)
     if args.json:
         payload = rec.to_dict()
         payload["patience_cut"] = patience_cuts(records).to_dict(orient="records")
+        payload["frontier_rule"] = rule
         payload["sweep_run_id"] = run.info.run_id
         payload["experiment"] = args.experiment
         print(json.dumps(payload, indent=2, default=str))
@@ -221,7 +233,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except LookupError as exc:
         return _fail(str(exc))
     out = Path(args.out or f"tune_prune_report/{run.info.run_name}")
-    files = report.build_report(records, out, f"{args.experiment}: sweep {run.info.run_name}")
+    files = report.build_report(records, out, f"{args.experiment}: sweep {run.info.run_name}",
+                                rule=_frontier_rule(args, run))
     if not args.no_log:
         log_artifacts(uri, run.info.run_id, files)
     print(f"report written to {out}/ ({', '.join(f.name for f in files)})"
@@ -286,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--run-id", help="a specific sweep (parent) run; default: the newest")
     f.add_argument("--tracking-uri")
     f.add_argument("--csv", help="also write the frontier table to this CSV file")
+    f.add_argument("--frontier-rule", choices=FRONTIER_RULE_CHOICES,
+                   help="which events count as frontier points; default: the sweep's own")
     f.set_defaults(func=cmd_frontier)
 
     r = sub.add_parser("recommend", help="the best strategy at a sparsity within a budget, with its evidence")
@@ -297,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id", help="a specific sweep (parent) run; default: the newest")
     r.add_argument("--tracking-uri")
     r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.add_argument("--frontier-rule", choices=FRONTIER_RULE_CHOICES,
+                   help="which events count as frontier points; default: the sweep's own")
     r.set_defaults(func=cmd_recommend)
 
     rp = sub.add_parser("report", help="write plots and an HTML summary of a sweep and log them to its parent run")
@@ -305,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tracking-uri")
     rp.add_argument("--out", help="output directory; default tune_prune_report/<sweep run name>")
     rp.add_argument("--no-log", action="store_true", help="do not log the files to MLflow")
+    rp.add_argument("--frontier-rule", choices=FRONTIER_RULE_CHOICES,
+                    help="which events count as frontier points; default: the sweep's own")
     rp.set_defaults(func=cmd_report)
     return p
 

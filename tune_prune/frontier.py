@@ -71,12 +71,27 @@ def default_levels(records: pd.DataFrame) -> list[float]:
     return sorted(pruned["target_sparsity"].dropna().unique().tolist())
 
 
-def level_points(records: pd.DataFrame, levels: Sequence[float]) -> pd.DataFrame:
-    """For every run and level, the run's first event reaching that level (see module rules)."""
+#: all_events: every event is a frontier point at the levels it reaches (module rules).
+#: final_only: the authors' rule: geometric and hybrid runs count only with their final
+#: event at their own target; one-shot and constant events only where they hit a level.
+FRONTIER_RULES = ("all_events", "final_only")
+FINAL_ONLY_STRATEGIES = ("geometric", "hybrid")
+
+
+def level_points(records: pd.DataFrame, levels: Sequence[float], rule: str = "all_events") -> pd.DataFrame:
+    """For every run and level, the run's first event reaching that level (see module rules and
+    FRONTIER_RULES)."""
+    if rule not in FRONTIER_RULES:
+        raise ValueError(f"frontier rule must be one of {', '.join(FRONTIER_RULES)}, got {rule!r}")
     pruned = records[records["strategy"] != DENSE].sort_values(["trial_key", "event"])
     rows = []
     for level in levels:
         reached = pruned[pruned["sparsity"] >= level - TOLERANCE]
+        if rule == "final_only":
+            hits = (reached["sparsity"] - level).abs() <= TOLERANCE
+            aimed = (reached["target_sparsity"] - level).abs() <= TOLERANCE
+            final_only = reached["strategy"].isin(FINAL_ONLY_STRATEGIES)
+            reached = reached[hits & (aimed | ~final_only)]
         first = reached.groupby("trial_key", sort=False).head(1)
         rows.append(first.assign(sparsity_level=level))
     if not rows:
@@ -89,6 +104,7 @@ def config_points(
     levels: Sequence[float] | None = None,
     max_cost: float | None = None,
     cost_column: str = "cost_epochs",
+    rule: str = "all_events",
 ) -> pd.DataFrame:
     """Every configuration's point at every level, aggregated over its seeds.
 
@@ -96,7 +112,7 @@ def config_points(
     there with ``cost_column`` <= max_cost (see the module rules).
     """
     levels = default_levels(records) if levels is None else list(levels)
-    points = level_points(records, levels)
+    points = level_points(records, levels, rule)
     if points.empty:
         return pd.DataFrame(columns=FRONTIER_COLUMNS)
     agg = dict(
@@ -147,9 +163,9 @@ def best_per_strategy(per_config: pd.DataFrame) -> pd.DataFrame:
     return best[FRONTIER_COLUMNS + extra].sort_values(["sparsity_level", "strategy"]).reset_index(drop=True)
 
 
-def frontier(records: pd.DataFrame, levels: Sequence[float] | None = None) -> pd.DataFrame:
+def frontier(records: pd.DataFrame, levels: Sequence[float] | None = None, rule: str = "all_events") -> pd.DataFrame:
     """Each strategy's best configuration at each sparsity level (columns: FRONTIER_COLUMNS)."""
-    return best_per_strategy(config_points(records, levels))
+    return best_per_strategy(config_points(records, levels, rule=rule))
 
 
 def budget_matched(
@@ -157,11 +173,12 @@ def budget_matched(
     budgets: Sequence[float],
     levels: Sequence[float] | None = None,
     cost_column: str = "cost_epochs",
+    rule: str = "all_events",
 ) -> pd.DataFrame:
     """Frontier recomputed at each budget level B: only configurations that fit B compete."""
     frames = []
     for b in budgets:
-        best = best_per_strategy(config_points(records, levels, max_cost=b, cost_column=cost_column))
+        best = best_per_strategy(config_points(records, levels, max_cost=b, cost_column=cost_column, rule=rule))
         frames.append(best.assign(budget=b))
     if not frames:
         return pd.DataFrame(columns=FRONTIER_COLUMNS + ["budget"])

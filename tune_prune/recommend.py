@@ -130,10 +130,10 @@ def compare(a: Candidate, b: Candidate, alpha: float = 0.05, power: float = 0.8)
 
 
 def _nearest(records: pd.DataFrame, sparsity: float, budget_epochs: float | None,
-             budget_accel: float | None) -> list[dict[str, Any]]:
+             budget_accel: float | None, rule: str = "all_events") -> list[dict[str, Any]]:
     """What the experiment does have: the cheapest point at S per strategy, and the closest levels within budget."""
     out: list[dict[str, Any]] = []
-    at_s = fr.config_points(records, [sparsity])
+    at_s = fr.config_points(records, [sparsity], rule=rule)
     if not at_s.empty:
         for strategy, part in at_s.groupby("strategy"):
             cheapest = part.sort_values("cost_epochs_max").iloc[0]
@@ -141,7 +141,7 @@ def _nearest(records: pd.DataFrame, sparsity: float, budget_epochs: float | None
                         "cost_epochs_max": float(cheapest["cost_epochs_max"]),
                         "test_accuracy_mean": float(cheapest["test_accuracy_mean"]), "config": cheapest["config"]})
     levels = sorted(set(fr.default_levels(records)) | set(records["sparsity"].round(4)))
-    within = fr.config_points(records, levels)
+    within = fr.config_points(records, levels, rule=rule)
     if budget_epochs is not None:
         within = within[within["cost_epochs_max"] <= budget_epochs]
     if budget_accel is not None and "accelerator_seconds_max" in within.columns:
@@ -164,13 +164,17 @@ def recommend(
     budget_accelerator_seconds: float | None = None,
     alpha: float = 0.05,
     power: float = 0.8,
+    rule: str = "all_events",
 ) -> Recommendation:
-    """The best strategy at sparsity >= ``sparsity`` within the budget, and how sure that is."""
+    """The best strategy at sparsity >= ``sparsity`` within the budget, and how sure that is.
+
+    ``rule`` is the frontier rule (tune_prune.frontier.FRONTIER_RULES) that decides which events count.
+    """
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
     rec = Recommendation(sparsity, budget_epochs, budget_accelerator_seconds, "no_data", alpha=alpha, power=power)
     pruned = records[records["strategy"] != fr.DENSE]
-    per_config = fr.config_points(pruned, [sparsity])
+    per_config = fr.config_points(pruned, [sparsity], rule=rule)
     if budget_epochs is not None:
         per_config = per_config[per_config["cost_epochs_max"] <= budget_epochs]
     if budget_accelerator_seconds is not None:
@@ -179,10 +183,10 @@ def recommend(
         per_config = per_config[per_config["accelerator_seconds_max"] <= budget_accelerator_seconds]
     best = fr.best_per_strategy(per_config)
     if best.empty:
-        rec.nearest = _nearest(pruned, sparsity, budget_epochs, budget_accelerator_seconds)
+        rec.nearest = _nearest(pruned, sparsity, budget_epochs, budget_accelerator_seconds, rule)
         rec.message = "no configuration reached this sparsity within this budget"
         return rec
-    points = fr.level_points(pruned, [sparsity])
+    points = fr.level_points(pruned, [sparsity], rule)
     ranked = best.sort_values(["val_accuracy_mean", "cost_epochs_mean"], ascending=[False, True])
     rec.candidates = [_candidate(row, points) for _, row in ranked.iterrows()]
     rec.winner = rec.candidates[0]

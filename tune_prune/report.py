@@ -188,17 +188,17 @@ def _img(path: Path) -> str:
 
 
 def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
-                 levels: Sequence[float] | None = None) -> list[Path]:
+                 levels: Sequence[float] | None = None, rule: str = "all_events") -> list[Path]:
     """Write every report file for one sweep into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finished = records[records["status"].isin(("FINISHED", "KILLED"))] if "status" in records else records
     levels = fr.default_levels(finished) if levels is None else list(levels)
-    front = fr.frontier(finished, levels)
+    front = fr.frontier(finished, levels, rule)
     dense = fr.dense_baseline(finished)
-    per_config = fr.config_points(finished, levels)
+    per_config = fr.config_points(finished, levels, rule=rule)
     budgets = budget_levels(finished)
-    matched = fr.budget_matched(finished, budgets, levels)
+    matched = fr.budget_matched(finished, budgets, levels, rule=rule)
     pareto = fr.pareto_front(per_config)
 
     files = [
@@ -214,7 +214,7 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
 
     rows = []
     for level in levels:
-        rec = recommend(finished, level) if not front.empty else None
+        rec = recommend(finished, level, rule=rule) if not front.empty else None
         if rec is None or rec.winner is None:
             continue
         cmp = rec.comparison
@@ -241,7 +241,8 @@ img{{max-width:100%;margin:0.5em 0}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(dense_line)} {finished['trial_key'].nunique()} finished trials.
 Each strategy's point at a sparsity is its configuration with the best mean validation accuracy among
-runs that reached at least that sparsity; test accuracy is reported as mean ± 95% CI half-width over seeds.</p>
+runs that reached at least that sparsity; test accuracy is reported as mean ± 95% CI half-width over seeds.
+Frontier rule: {html.escape(rule)}.</p>
 {"".join(f'<p class="warn"><b>{html.escape(line)}</b></p>' for line in fr.patience_cut_lines(finished))}
 <h2>Frontier</h2>{_img(out / "frontier.png")}
 {pivot.to_html() if not pivot.empty else "<p>no frontier</p>"}

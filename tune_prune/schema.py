@@ -38,6 +38,7 @@ from tune_prune.fields import (
     is_number,
     shown,
 )
+from tune_prune.frontier import FRONTIER_RULES
 from tune_prune.pruning.budget import BUDGET_POLICIES
 from tune_prune.pruning.criteria import CRITERIA
 from tune_prune.pruning.schedules import SCHEDULE_KNOBS, SCHEDULE_ONE_OF, required_knobs
@@ -49,7 +50,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: the fields of a spec, in the order messages list them
 TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
             "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-            "structure", "speed", "execution", "prune", "smoke_test")
+            "structure", "speed", "execution", "prune", "frontier_rule", "smoke_test")
 
 
 class SchemaError(ValueError):
@@ -617,6 +618,10 @@ def _build_spec_model() -> type[Section]:
         "strategies": (_strategies_model(), ...),
         "resources": (ResourcesSection, ResourcesSection()),
         "prune": (PruneSection, PruneSection()),
+        "frontier_rule": (Literal[FRONTIER_RULES], Field(  # type: ignore[valid-type]
+            "all_events", description="which events are frontier points: all_events (an iterative run counts at "
+            "every level it passes) or final_only (the authors' rule: geometric and hybrid runs only with their "
+            "final event at their target, one-shot and constant events where they hit a level exactly)")),
         "max_failures": (NonNegativeInt, Field(0, description="retries of a failed trial from its last checkpoint "
                                                "(Ray's -1, retry forever, is not accepted)")),
         "storage_path": (PathString, Field("tune_prune_runs", description="Ray Tune results and checkpoints")),

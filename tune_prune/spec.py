@@ -423,6 +423,7 @@ class SweepSpec:
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     prune_include: tuple[str, ...] = ()
     prune_exclude: tuple[str, ...] = ()
+    frontier_rule: str = "all_events"  # which events are frontier points; changes no trial
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
 
     def base(self) -> dict[str, Any]:
@@ -645,6 +646,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         criterion=checked.criterion or DEFAULT_CRITERION[structure], structure=structure,
         speed=SpeedSpec(**_given(checked.speed)), execution=ExecutionSpec(**_given(checked.execution)),
         prune_include=tuple(checked.prune.include), prune_exclude=tuple(checked.prune.exclude),
+        frontier_rule=checked.frontier_rule,
         resolved=_frozen(raw),
     )
     _check_budget_fits(spec.corner_trials())

@@ -581,11 +581,11 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
     parent_id = tracker.parent_run_id
     records = load_records(tracker.uri, tracker.experiment_id, parent_id)
     finished = records[records["status"].isin(USABLE_STATUSES)]
-    front = fr.frontier(finished, spec.target_sparsities)
+    front = fr.frontier(finished, spec.target_sparsities, spec.frontier_rule)
     dense = fr.dense_baseline(finished)
     with tempfile.TemporaryDirectory() as tmp:
         title = f"{spec.name}: {spec.model.name} on {spec.dataset.name}"
-        for path in report.build_report(records, tmp, title, spec.target_sparsities):
+        for path in report.build_report(records, tmp, title, spec.target_sparsities, spec.frontier_rule):
             tracker.log_artifact(path)
         events_csv = Path(tmp) / "events.csv"
         records.to_csv(events_csv, index=False)

@@ -41,6 +41,8 @@ USABLE_STATUSES = ("FINISHED", "KILLED")
 #: artifact of every finished pruned trial: torch.save of the whole final nn.Module
 #: (load with torch.load(path, weights_only=False); tune_prune must be importable)
 LAYER_SPARSITY = "layer_sparsity.json"
+#: on the parent run: which events count as frontier points (frontier.FRONTIER_RULES)
+TAG_FRONTIER_RULE = "tune_prune.frontier_rule"
 FINAL_MODEL = "final_model.pt"
 
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
@@ -165,7 +167,8 @@ class SweepTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={TAG_KIND: "sweep", "tune_prune.spec_name": spec.name, "tune_prune.smoke_test": str(smoke_test)},
+            tags={TAG_KIND: "sweep", "tune_prune.spec_name": spec.name, "tune_prune.smoke_test": str(smoke_test),
+                  TAG_FRONTIER_RULE: spec.frontier_rule},
         )
         self.parent_run_id = run.info.run_id
         params = {
