@@ -7,10 +7,11 @@ import sys
 from collections import Counter
 from typing import Sequence
 
+from tune_prune.frontier import FRONTIER_RULES
 from tune_prune.spec import SpecError, load_spec
 
 EXIT_BAD_INPUT = 2
-FRONTIER_RULE_CHOICES = ("all_events", "final_only")  # tune_prune.frontier.FRONTIER_RULES, without importing pandas
+FRONTIER_RULE_CHOICES = FRONTIER_RULES
 
 
 def _fail(msg: str) -> int:

@@ -1261,12 +1261,9 @@ def _check_image_size(image_size: object, resize: object, field: str = "dataset.
 def _image_folder(
     root: str, image_size: int, resize: int, field: str
 ) -> tuple[_ImageFiles, torch.Tensor, list[str]]:
-    """An ImageFolder tree as an undecoded ImageSource, its labels and its class names."""
+    """An ImageFolder tree (checked by ``_check_image_tree``) as an undecoded ImageSource, its
+    labels and its class names."""
     path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{field}: {path} is not a directory; imagefolder expects {path}/<class_name>/<image>"
-        )
     tv = import_torchvision()
     try:
         # Only lists the files (its rules pick the classes, their order and the image
@@ -1343,32 +1340,20 @@ def imagefolder(
     class names) if given, else ``test_size`` (default 0.2) held out of ``root``.
     ``storage``: see :func:`load_dataset`. ``download`` is ignored.
     """
-    if root is None:
-        raise ValueError(
-            "dataset.root: required for imagefolder: a directory with one sub-directory "
-            "of images per class"
-        )
-    _check_image_size(image_size, resize)
-    if test_root is not None and test_size is not None:
-        raise ValueError(
-            "dataset.test_size: not used when dataset.test_root is set; give one of them"
-        )
+    # the same checks `validate` runs (root, test_root and their classes, sizes), for callers of the API
+    _check_imagefolder(root=root, download=download, test_root=test_root, test_size=test_size,
+                       image_size=image_size, resize=resize)
     if test_size is not None:
         _check_size(test_size, "dataset.test_size")
     _check_storage(storage)
     size, resize = int(image_size), int(resize or image_size)
-    x, y, classes = _image_folder(root, size, resize, "dataset.root")
+    x, y, classes = _image_folder(str(root), size, resize, "dataset.root")
     if test_root is None:
         x_train, y_train, x_test, y_test = _carve_test(
             x, y, 0.2 if test_size is None else test_size, split_seed
         )
     else:
-        x_test, y_test, test_classes = _image_folder(test_root, size, resize, "dataset.test_root")
-        if test_classes != classes:
-            raise ValueError(
-                f"dataset.test_root: class folders {test_classes} differ from "
-                f"dataset.root's {classes}"
-            )
+        x_test, y_test, _ = _image_folder(test_root, size, resize, "dataset.test_root")
         x_train, y_train = x, y
     return RawDataset(
         x_train, y_train, x_test, y_test, num_classes=len(classes), augment="crop_flip", storage=storage

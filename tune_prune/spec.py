@@ -22,11 +22,10 @@ from typing import Any, Iterable, Mapping
 
 from tune_prune import schema
 from tune_prune.pruning.schedules import SCHEDULE_KNOBS, ScheduleError, build_schedule
-from tune_prune.schema import AMP_CHOICES, COMMON_STRATEGY_KEYS, DEFAULT_CRITERION, EXTRA_STRATEGY_KEYS
+from tune_prune.schema import AMP_CHOICES, COMMON_STRATEGY_KEYS, DEFAULT_CRITERION, EXTRA_STRATEGY_KEYS, STRUCTURES
 
 DENSE = "dense"
-UNSTRUCTURED, STRUCTURED = "unstructured", "structured"
-STRUCTURES = (STRUCTURED, UNSTRUCTURED)
+STRUCTURED, UNSTRUCTURED = STRUCTURES
 #: accepted values of execution.channels_last (resolved by loop.FastPath, with AMP_CHOICES)
 CHANNELS_LAST_CHOICES = ("auto", True, False)
 __all__ = ["AMP_CHOICES", "DEFAULT_CRITERION", "SpecError", "SweepSpec", "TrialSpec", "load_spec", "parse_spec"]
