@@ -115,6 +115,17 @@ CASES: dict[str, tuple[Any, str]] = {
                                                 "budget.epoch_seconds: is required"),
     "sweep over its epoch budget": (_edit(("budget.sweep_epochs", 1000)),
                                     "budget.sweep_epochs: the sweep plans up to 1880 epochs"),
+    "unbounded budget without a cap": (_edit(("budget", {"epochs": None})),
+                                       "budget.max_event_epochs: is required with budget.epochs: null"),
+    "policy with an unbounded budget": (_edit(("budget", {"epochs": None, "max_event_epochs": 100, "policy": "even"})),
+                                        "budget.policy: has no effect with budget.epochs: null"),
+    "safety cap not above patience": (_edit(("budget", {"epochs": None, "max_event_epochs": 5})),
+                                      "budget.max_event_epochs: 5 is not above one_shot's patience 10: patience "
+                                      "could never end an event"),
+    "strategy policy with an unbounded budget": (
+        _edit(("budget", {"epochs": None, "max_event_epochs": 100}), ("strategies.hybrid.budget_policy", "even")),
+        "strategies.hybrid.budget_policy: has no effect with budget.epochs: null"),
+    "safety cap zero": (_edit(("budget.max_event_epochs", 0)), "budget.max_event_epochs: must be an integer >= 1, got 0"),
     "more events than budget": (_edit(("strategies.geometric.rate0", 0.02)),
                                 "budget.epochs: geometric(target=0.98, rate0=0.02) has 194 prune events"),
     "fixed schedule over budget": (_edit(("strategies.constant", {"step": 0.1, "patience": None,

@@ -63,3 +63,26 @@ def test_patience_zero_stops_at_first_non_improvement():
 def test_negative_patience_is_refused():
     with pytest.raises(ValueError, match="patience"):
         Patience(patience=-1)
+
+
+def test_without_a_budget_the_safety_cap_is_every_events_cap_and_policies_are_not_asked():
+    assert [budget.event_cap(None, "carry_over", spent, i, 5, max_event_epochs=200)
+            for i, spent in enumerate([0, 999, 5000, 7, 0])] == [200] * 5
+    with pytest.raises(ValueError, match="max_event_epochs"):
+        budget.event_cap(None, "carry_over", 0, 0, 3)
+    # with a budget the cap also clips the policy's share
+    assert budget.event_cap(100, "front_loaded", 0, 0, 3) == 98
+    assert budget.event_cap(100, "front_loaded", 0, 0, 3, max_event_epochs=40) == 40
+
+
+def test_planned_range_simulates_both_ends_event_by_event():
+    # no budget: patience 10 after every event, cap 50: 3 events cost 30 to 150 epochs
+    assert budget.planned_range(None, "carry_over", [10, 10, 10], [None] * 3, max_event_epochs=50) == (30, 150)
+    # a hybrid-like first patience of 200 with a cap of 1000
+    assert budget.planned_range(None, "carry_over", [200, 10], [None, None], 1000) == (210, 2000)
+    # budget 12, carry_over: events that use everything spend 4 + 4 + 4; patience 5 is clipped to the share
+    assert budget.planned_range(12, "carry_over", [5, 5, 5], [None] * 3) == (12, 12)
+    # patience 1 leaves epochs unused; the upper end is still the whole budget
+    assert budget.planned_range(12, "carry_over", [1, 1, 1], [None] * 3) == (3, 12)
+    # fixed epochs: both ends equal
+    assert budget.planned_range(None, "carry_over", [4, 4], [4, 4], 100) == (8, 8)

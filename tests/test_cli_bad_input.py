@@ -72,8 +72,9 @@ def test_validate_refuses_too(good, tmp_path, capsys):
 def test_validate_prints_the_plan(quickstart_path, capsys):
     assert main(["validate", str(quickstart_path)]) == 0
     out = capsys.readouterr().out
-    assert "62 trials" in out and "at most 1800 in patience trials + 80 pretraining" in out
-    assert "at most 1880 epochs" in out
+    # patience trials: between every event stopping as soon as patience allows and every event using its cap
+    assert "62 trials" in out and "894 to 1800 in patience trials + 80 pretraining" in out
+    assert "= 974 to 1880 epochs" in out
 
 
 def test_validate_refuses_a_sweep_over_its_accelerator_hours(good, tmp_path, capsys):
@@ -84,7 +85,7 @@ def test_validate_refuses_a_sweep_over_its_accelerator_hours(good, tmp_path, cap
     assert err.startswith("tune-prune: error: budget.sweep_accelerator_hours: the sweep plans up to 0.261")
     good["budget"]["sweep_accelerator_hours"] = 0.3
     assert main(["validate", str(_write(tmp_path, good))]) == 0
-    assert "at most 0.261 accelerator-hours" in capsys.readouterr().out
+    assert "= 0.135 to 0.261 accelerator-hours" in capsys.readouterr().out
 
 
 def test_validate_refuses_a_sweep_over_its_epoch_budget(good, tmp_path, capsys):

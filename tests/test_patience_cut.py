@@ -95,3 +95,24 @@ def test_the_monitor_is_part_of_a_trial_key_only_when_it_is_not_the_default():
     assert [t.name for t in parse_spec(raw).trials()] == PINNED_NAMES
     raw["finetune"] = {"monitor": "val_loss"}
     assert parse_spec(raw).trials()[1].name != PINNED_NAMES[1]
+
+
+def test_without_a_budget_patience_alone_ends_every_event(setup):
+    """budget.epochs: null (the paper's protocol): no event is cut while the safety cap is far away."""
+    from dataclasses import replace
+
+    from tune_prune.spec import BudgetSpec
+
+    data, dense = setup
+    trial = make_trial("geometric", 0.9, (("rate0", 0.5),), patience=2)
+    trial = replace(trial, budget=BudgetSpec(epochs=None, max_event_epochs=60))
+    records = run_trial(trial, data, dense, torch.device("cpu"))
+    assert len(records) == len(trial.sparsities) == 4
+    assert [r.patience_cut for r in records] == [0.0] * 4
+    assert all(r.budget_cap == 60 and 2 <= r.event_epochs < 60 for r in records)
+    assert records[-1].cost_epochs == sum(r.event_epochs for r in records)
+    lo, hi = trial.planned_epochs()
+    assert (lo, hi) == (4 * 2, 4 * 60) and lo <= records[-1].cost_epochs <= hi
+    # a cap that patience cannot outlast is reported as a cut, as a budget would be
+    capped = replace(trial, patience=50, budget=BudgetSpec(epochs=None, max_event_epochs=3))
+    assert {r.patience_cut for r in run_trial(capped, data, dense, torch.device("cpu"))} == {1.0}

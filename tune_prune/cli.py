@@ -58,16 +58,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"  model: {m.name} ({m.source}); {start}; dense model {dense}")
     if spec.prune_include or spec.prune_exclude:
         print(f"  pruned layers: include {list(spec.prune_include) or 'all'}, exclude {list(spec.prune_exclude)}")
-    print(f"  data {spec.dataset.name}; budget {spec.budget.epochs} epochs per trial "
-          f"({spec.budget.policy}); seeds {list(spec.seeds)}; target sparsities {list(spec.target_sparsities)}")
+    print(f"  data {spec.dataset.name}; budget per trial {spec.budget.label()}; seeds {list(spec.seeds)}; "
+          f"target sparsities {list(spec.target_sparsities)}")
     for name, count in per.items():
         print(f"  {name:<10} {count:>4} trials")
     for name, count in spec.left_out().items():
         print(f"  {name:<10} {count:>4} grid points left out: first_sparsity is not below their target")
-    print(f"  planned cost: {plan.fixed_epochs} epochs in fixed-epoch trials + at most {plan.patience_cap_epochs} "
-          f"in patience trials + {plan.pretrain_epochs} pretraining (if not cached) = at most {plan.total_epochs} epochs")
+    print(f"  planned cost: {plan.fixed_epochs} epochs in fixed-epoch trials + {plan.patience_min_epochs} to "
+          f"{plan.patience_cap_epochs} in patience trials + {plan.pretrain_epochs} pretraining (if not cached) "
+          f"= {plan.min_total_epochs} to {plan.total_epochs} epochs")
+    if spec.budget.unbounded:
+        print("  (no per-trial budget: where in that range a trial lands is up to patience; the upper end is "
+              "every event running to budget.max_event_epochs)")
     if plan.accelerator_hours is not None:
-        print(f"  = at most {plan.accelerator_hours:.3g} accelerator-hours at {plan.epoch_seconds:g} s/epoch "
+        low = plan.min_total_epochs * plan.epoch_seconds * plan.accelerator_share / 3600
+        print(f"  = {low:.3g} to {plan.accelerator_hours:.3g} accelerator-hours at {plan.epoch_seconds:g} s/epoch "
               f"x {plan.accelerator_share:g} per trial")
     limits = spec.sweep_budget
     if limits.epochs is not None or limits.accelerator_hours is not None:

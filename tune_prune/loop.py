@@ -345,7 +345,6 @@ def run_trial(
     hooks = hooks or Hooks()
     schedule = trial.sparsities
     n_events = len(schedule)
-    policy = budget_policies.get(trial.budget.policy)
     ft = trial.finetune
 
     model = new_model(trial, data, trial.seed).to(device)
@@ -374,13 +373,14 @@ def run_trial(
             fast.model(model)  # the surgery builds new, contiguous parameters
         else:
             masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2))
-        cap = policy(trial.budget.epochs, cost, i, n_events)
+        b = trial.budget
+        cap = budget_policies.event_cap(b.epochs, b.policy, cost, i, n_events, b.max_event_epochs)
         if trial.mode == "fixed":
             epochs = min(trial.epochs_per_event, cap)
             patience = None
         else:
             epochs = cap if trial.epochs_per_event is None else min(cap, trial.epochs_per_event)
-            patience = trial.first_patience if (i == 0 and trial.first_patience is not None) else trial.patience
+            patience = trial.event_patience(i)
 
         pruned_eval = evaluate(model, data, "val", fast=fast)
         wait = patience if patience is not None else epochs

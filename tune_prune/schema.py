@@ -370,15 +370,30 @@ PolicyName = Literal[tuple(sorted(BUDGET_POLICIES))]  # type: ignore[valid-type]
 class BudgetSection(Section):
     """Per-trial budget (part of every trial's key) and optional limits on the whole sweep."""
 
-    epochs: PositiveInt = Field(description="the most fine-tuning epochs one trial may spend, all events together")
+    epochs: Optional[PositiveInt] = Field(
+        description="the most fine-tuning epochs one trial may spend, all events together; null: no per-trial "
+        "budget (the paper's patience protocol: patience alone ends each event, up to max_event_epochs)")
     policy: PolicyName = Field(
         "carry_over", description="how the trial's epochs are shared between its events")
+    max_event_epochs: Optional[PositiveInt] = Field(
+        None, description="the most epochs one prune event may run: a safety cap, required with epochs: null "
+        "(it must be above every patience); with a budget it caps each event's share too")
     sweep_epochs: Optional[PositiveInt] = Field(
         None, description="refuse the sweep if its planned epochs (pretraining included) exceed this")
     sweep_accelerator_hours: Optional[PositiveFloat] = Field(
         None, description="refuse the sweep if its planned GPU share x hours exceed this (needs epoch_seconds)")
     epoch_seconds: Optional[PositiveFloat] = Field(
         None, description="seconds one epoch takes on one trial's resources (time a --smoke-test run)")
+
+    @model_validator(mode="after")
+    def _unbounded_needs_a_cap(self) -> "BudgetSection":
+        if self.epochs is None and self.max_event_epochs is None:
+            raise _at("budget.max_event_epochs", "is required with budget.epochs: null (no per-trial budget): the "
+                      "most epochs one prune event may run, a safety cap above every patience (e.g. 1000)")
+        if self.epochs is None and "policy" in self.model_fields_set:
+            raise _at("budget.policy", "has no effect with budget.epochs: null (no per-trial budget to share "
+                      "between events); remove it, or give budget.epochs")
+        return self
 
     @model_validator(mode="after")
     def _hours_need_epoch_time(self) -> "BudgetSection":

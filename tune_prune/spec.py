@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from tune_prune import schema
+from tune_prune.pruning.budget import planned_range
 from tune_prune.pruning.schedules import SCHEDULE_KNOBS, ScheduleError, build_schedule
 from tune_prune.schema import AMP_CHOICES, COMMON_STRATEGY_KEYS, DEFAULT_CRITERION, EXTRA_STRATEGY_KEYS, STRUCTURES
 
@@ -164,8 +165,23 @@ class FinetuneSpec:
 
 @dataclass(frozen=True)
 class BudgetSpec:
-    epochs: int
+    """A trial's fine-tuning budget. ``epochs=None`` is the paper's patience protocol: no
+    per-trial budget, patience alone ends each event, ``max_event_epochs`` is its safety cap."""
+
+    epochs: int | None
     policy: str = "carry_over"
+    max_event_epochs: int | None = None
+
+    @property
+    def unbounded(self) -> bool:
+        return self.epochs is None
+
+    def label(self) -> str:
+        """How validate and the records name it: '30 epochs (carry_over)' or 'unbounded ...'."""
+        cap = f", at most {self.max_event_epochs} per event" if self.max_event_epochs is not None else ""
+        if self.unbounded:
+            return f"unbounded (patience alone ends each event{cap})"
+        return f"{self.epochs} epochs ({self.policy}{cap})"
 
 
 @dataclass(frozen=True)
@@ -179,17 +195,25 @@ class SweepBudgetSpec:
 
 @dataclass(frozen=True)
 class PlannedCost:
-    """What a sweep would spend at most: fixed-epoch trials exactly, patience trials at their cap."""
+    """What a sweep would spend: fixed-epoch trials exactly, patience trials between the
+    fewest epochs patience allows (``patience_min_epochs``) and their cap."""
 
     fixed_epochs: int
     patience_cap_epochs: int
     pretrain_epochs: int
     accelerator_share: float  # per trial: GPU fraction, or cores on CPU
     epoch_seconds: float | None
+    patience_min_epochs: int = 0
 
     @property
     def total_epochs(self) -> int:
+        """The most the sweep can spend (what the sweep budget is checked against)."""
         return self.fixed_epochs + self.patience_cap_epochs + self.pretrain_epochs
+
+    @property
+    def min_total_epochs(self) -> int:
+        """The least it can spend: every patience event stopping as early as patience allows."""
+        return self.fixed_epochs + self.patience_min_epochs + self.pretrain_epochs
 
     @property
     def accelerator_hours(self) -> float | None:
@@ -265,6 +289,28 @@ class TrialSpec:
     def mode(self) -> str:
         return "patience" if self.patience is not None else "fixed"
 
+    def event_patience(self, index: int) -> int | None:
+        """Patience of event ``index`` (0-based): first_patience after the first, else patience."""
+        if index == 0 and self.first_patience is not None:
+            return self.first_patience
+        return self.patience
+
+    def planned_epochs(self) -> tuple[int, int]:
+        """(fewest, most) fine-tuning epochs this trial can spend (0, 0 for a dense baseline)."""
+        n = len(self.sparsities)
+        if n == 0:
+            return 0, 0
+        if self.mode == "fixed":
+            least = most = [self.epochs_per_event] * n
+        else:
+            # patience p stops an event after p epochs without improvement at the earliest
+            least = [max(self.event_patience(i), 1) for i in range(n)]
+            most = [self.epochs_per_event] * n
+            if self.epochs_per_event is not None:
+                least = [min(x, self.epochs_per_event) for x in least]
+        b = self.budget
+        return planned_range(b.epochs, b.policy, least, most, b.max_event_epochs)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -281,6 +327,8 @@ class TrialSpec:
         d["dataset"] = self.dataset.key_dict()
         if d["finetune"]["monitor"] == "val_accuracy":
             d["finetune"].pop("monitor")
+        if d["budget"]["max_event_epochs"] is None:
+            d["budget"].pop("max_event_epochs")
         return d
 
     @classmethod
@@ -433,23 +481,26 @@ class SweepSpec:
         return [TrialSpec(**self.base(), schedule=DENSE, target=0.0, seed=s) for s in self.seeds]
 
     def planned_cost(self) -> PlannedCost:
-        """Upper bound of the sweep's cost; pretraining counted as if no dense model were cached."""
-        fixed = cap = 0
+        """Bounds of the sweep's cost; pretraining counted as if no dense model were cached."""
+        fixed = cap = least = 0
         if self.search.mode == "adaptive":
-            # every sample may run to the cap; confirmations re-run the best on the other seeds
+            # every sample may run to the cap (ASHA may stop any early); confirmations re-run the
+            # best on the other seeds
             brackets = len(self.strategies) * len(self.target_sparsities)
             runs = brackets * (self.search.num_samples + self.search.confirm_top * (len(self.seeds) - 1))
-            cap = runs * self.budget.epochs
+            cap = runs * max((t.planned_epochs()[1] for t in self.corner_trials()), default=0)
         for t in self.trials():
             if t.is_dense:
                 continue
+            lo, hi = t.planned_epochs()
             if t.mode == "fixed":
-                fixed += len(t.sparsities) * t.epochs_per_event
+                fixed += hi
             else:
-                cap += t.budget.epochs
+                least += lo
+                cap += hi
         share = self.resources.gpu if self.resources.gpu > 0 else self.resources.cpu
         return PlannedCost(fixed, cap, self.pretrain.epochs * len(self.seeds), share,
-                           self.sweep_budget.epoch_seconds)
+                           self.sweep_budget.epoch_seconds, patience_min_epochs=least)
 
     def resolved_dict(self) -> dict[str, Any]:
         return _thaw(self.resolved)
@@ -627,7 +678,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
     if model.checkpoint is not None:
         raw["model"]["checkpoint"] = model.checkpoint
     budget_given = _given(checked.budget)
-    budget = BudgetSpec(**{k: budget_given[k] for k in ("epochs", "policy") if k in budget_given})
+    budget = BudgetSpec(**{k: budget_given[k] for k in ("epochs", "policy", "max_event_epochs") if k in budget_given})
     sweep_budget = SweepBudgetSpec(epochs=checked.budget.sweep_epochs,
                                    accelerator_hours=checked.budget.sweep_accelerator_hours,
                                    epoch_seconds=checked.budget.epoch_seconds)
@@ -824,13 +875,17 @@ def _check_sweep_budget(spec: SweepSpec) -> None:
         raise SpecError("budget.sweep_epochs", f"the sweep plans up to {plan.total_epochs} epochs "
                         f"({plan.fixed_epochs} fixed + {plan.patience_cap_epochs} patience cap + "
                         f"{plan.pretrain_epochs} pretraining) but budget.sweep_epochs={limits.epochs}; "
-                        "cut seeds, sparsities or knob values, or lower budget.epochs")
+                        f"cut seeds, sparsities or knob values, or lower {_budget_knob(spec)}")
     hours = plan.accelerator_hours
     if limits.accelerator_hours is not None and hours is not None and hours > limits.accelerator_hours:
         raise SpecError("budget.sweep_accelerator_hours",
                         f"the sweep plans up to {hours:.3g} accelerator-hours ({plan.total_epochs} epochs x "
                         f"{plan.epoch_seconds:g} s x {plan.accelerator_share:g} per trial) but the limit is "
-                        f"{limits.accelerator_hours:g}; cut seeds, sparsities or knob values, or lower budget.epochs")
+                        f"{limits.accelerator_hours:g}; cut seeds, sparsities or knob values, or lower {_budget_knob(spec)}")
+
+
+def _budget_knob(spec: SweepSpec) -> str:
+    return "budget.max_event_epochs" if spec.budget.unbounded else "budget.epochs"
 
 
 def _check_budget_fits(trials: list[TrialSpec]) -> None:
@@ -843,6 +898,9 @@ def _check_budget_fits(trials: list[TrialSpec]) -> None:
             n = len(trial.sparsities)
         except ScheduleError as exc:
             raise SpecError(f"strategies.{trial.schedule}", f"{exc} (target {trial.target:g})") from None
+        if trial.budget.unbounded:
+            _check_event_cap(trial)
+            continue
         if n > trial.budget.epochs:
             too_many.append((n, trial))
         if trial.patience is None and n * trial.epochs_per_event > trial.budget.epochs:
@@ -860,6 +918,24 @@ def _check_budget_fits(trials: list[TrialSpec]) -> None:
         raise SpecError(f"strategies.{t.schedule}.epochs_per_event",
                         f"{t.schedule}({_label(t)}) with epochs_per_event={e} needs {n} x {e} = {need} epochs "
                         f"but budget.epochs={b}; lower epochs_per_event to <= {b // n} or raise the budget")
+
+
+def _check_event_cap(trial: TrialSpec) -> None:
+    """Without a per-trial budget the safety cap must leave patience room to act: a cap at or
+    below a patience would quietly turn the patience protocol back into fixed epochs."""
+    cap, s = trial.budget.max_event_epochs, trial.schedule
+    if trial.budget.policy != BudgetSpec.policy:
+        raise SpecError(f"strategies.{s}.budget_policy", "has no effect with budget.epochs: null (no per-trial "
+                        "budget to share between events); remove it, or give budget.epochs")
+    if trial.mode == "fixed":
+        if trial.epochs_per_event > cap:
+            raise SpecError(f"strategies.{s}.epochs_per_event", f"{trial.epochs_per_event} is above "
+                            f"budget.max_event_epochs={cap}; lower it or raise the cap")
+        return
+    for name, p in (("first_patience", trial.first_patience), ("patience", trial.patience)):
+        if p is not None and p >= cap:
+            raise SpecError("budget.max_event_epochs", f"{cap} is not above {s}'s {name} {p}: patience could never "
+                            f"end an event, so this would be a fixed-epoch study; raise it above {p}")
 
 
 def _label(trial: TrialSpec) -> str:

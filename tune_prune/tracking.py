@@ -119,7 +119,7 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "first_patience": trial.first_patience,
         "epochs_per_event": trial.epochs_per_event,
         "seed": trial.seed,
-        "budget_epochs": trial.budget.epochs,
+        "budget_epochs": _budget_epochs(trial.budget),
         "budget_policy": trial.budget.policy,
         "lr": trial.finetune.lr,
         "momentum": trial.finetune.momentum,
@@ -136,12 +136,19 @@ def trial_params(trial: TrialSpec) -> dict[str, Any]:
         "config_key": trial.config_key,
         "dense_key": trial.dense_key,
     }
+    if trial.budget.max_event_epochs is not None:
+        p["max_event_epochs"] = trial.budget.max_event_epochs
     if trial.model.checkpoint_sha256 is not None:
         p["checkpoint_sha256"] = trial.model.checkpoint_sha256  # the path may differ per machine; this does not
     if trial.prune_include or trial.prune_exclude:
         p["prune_include"], p["prune_exclude"] = list(trial.prune_include), list(trial.prune_exclude)
     p.update({k: v for k, v in trial.knobs})
     return p
+
+
+def _budget_epochs(budget: Any) -> Any:
+    """The budget_epochs param: the per-trial budget, or 'unbounded' (the paper's patience protocol)."""
+    return "unbounded" if budget.epochs is None else budget.epochs
 
 
 class SweepTracker:
@@ -174,7 +181,7 @@ class SweepTracker:
         params = {
             "model": spec.model.name,
             "dataset": spec.dataset.name,
-            "budget_epochs": spec.budget.epochs,
+            "budget_epochs": _budget_epochs(spec.budget),
             "budget_policy": spec.budget.policy,
             "target_sparsities": list(spec.target_sparsities),
             "seeds": list(spec.seeds),
@@ -184,6 +191,8 @@ class SweepTracker:
             "gpu_per_trial": spec.resources.gpu,
             "smoke_test": smoke_test,
         }
+        if spec.budget.max_event_epochs is not None:
+            params["max_event_epochs"] = spec.budget.max_event_epochs
         self.client.log_batch(self.parent_run_id, params=_params(params))
         self.log_dict(spec.resolved_dict(), "spec.yaml")
         return self.parent_run_id
