@@ -311,8 +311,8 @@ def test_rayjob_runs_on_the_same_cluster_as_raycluster_yaml():
 
 def test_rayjob_runs_the_cifar10_sweep_and_cleans_up():
     job = one(RAYJOB, "RayJob")["spec"]
-    assert "tune-prune sweep /app/search_spaces/cifar10_resnet18.yaml" in job["entrypoint"]
-    assert (ROOT / "search_spaces" / "cifar10_resnet18.yaml").is_file()
+    assert "tune-prune sweep /app/search_spaces/cifar10_resnet18_paper.yaml" in job["entrypoint"]
+    assert (ROOT / "search_spaces" / "cifar10_resnet18_paper.yaml").is_file()
     assert re.search(r"^COPY search_spaces search_spaces$", DOCKERFILE.read_text(), re.M)
     assert re.search(r"^WORKDIR /app$", DOCKERFILE.read_text(), re.M)  # so it lands in /app/search_spaces
     # Relative storage_path/cache_dir must resolve onto the shared claim.
@@ -327,7 +327,7 @@ def test_the_sweep_spec_fits_a_gpu_worker_pod():
     """A trial that asks more than one worker pod has would wait forever."""
     from tune_prune.spec import load_spec
 
-    spec = load_spec(ROOT / "search_spaces" / "cifar10_resnet18.yaml")
+    spec = load_spec(ROOT / "search_spaces" / "cifar10_resnet18_paper.yaml")
     for name, cluster in ray_cluster_specs().items():
         fits = []
         for g in cluster["workerGroupSpecs"]:

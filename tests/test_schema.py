@@ -34,7 +34,8 @@ def validator(printed):
 
 def _spec_files() -> list[Path]:
     files = sorted(SPECS.glob("*.yaml"))
-    assert {p.name for p in files} >= {"quickstart.yaml", "fashion_mnist_lenet.yaml", "cifar10_resnet18.yaml"}
+    assert {p.name for p in files} >= {"quickstart.yaml", "fashion_mnist_lenet_paper.yaml", "cifar10_resnet18_paper.yaml",
+                                       "fashion_mnist_lenet_budget.yaml", "cifar10_resnet18_budget.yaml"}
     return files
 
 

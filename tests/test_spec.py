@@ -146,7 +146,8 @@ def test_missing_file_is_a_spec_error(tmp_path):
 @pytest.mark.parametrize("smoke", [False, True])
 def test_every_shipped_search_space_validates(quickstart_path, smoke):
     specs = sorted(quickstart_path.parent.glob("*.yaml"))
-    assert {p.name for p in specs} >= {"quickstart.yaml", "fashion_mnist_lenet.yaml", "cifar10_resnet18.yaml"}
+    assert {p.name for p in specs} >= {"quickstart.yaml", "fashion_mnist_lenet_paper.yaml", "cifar10_resnet18_paper.yaml",
+                                       "fashion_mnist_lenet_budget.yaml", "cifar10_resnet18_budget.yaml"}
     for path in specs:
         spec = load_spec(path, smoke_test=smoke)
         schedules = {t.schedule for t in spec.trials()}
