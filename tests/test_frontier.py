@@ -157,3 +157,29 @@ def test_the_cli_offers_exactly_the_frontier_rules():
     from tune_prune.cli import FRONTIER_RULE_CHOICES
 
     assert FRONTIER_RULE_CHOICES == fr.FRONTIER_RULES
+
+
+def test_the_authors_equal_budget_view_picks_the_untruncated_run_closest_to_each_budget():
+    rows = []
+    for seed in (0, 1):
+        # geometric at 0.9: three configurations of different natural cost
+        rows += _rows("geometric", "cheap", 0.9, seed, [(0.5, 0.9, 0.88, 40), (0.9, 0.80, 0.78 + seed / 100, 100)])
+        rows += _rows("geometric", "long", 0.9, seed, [(0.5, 0.9, 0.89, 90), (0.9, 0.86, 0.85, 300)])
+        # close to 250 but its cap cut patience on one seed: the authors drop truncated runs
+        rows += _rows("geometric", "cut", 0.9, seed, [(0.9, 0.99, 0.99, 240)])
+        # aimed at 0.5, so never a point at 0.9 however close its cost
+        rows += _rows("geometric", "other", 0.5, seed, [(0.5, 0.95, 0.95, 120)])
+        rows += _rows("one_shot", "os", 0.9, seed, [(0.9, 0.75, 0.74, 20 + 10 * seed)])
+    records = pd.DataFrame(rows).assign(patience_cut=0.0)
+    records.loc[(records["config_key"] == "cut") & (records["seed"] == 1), "patience_cut"] = 1.0
+    out = fr.natural_budget(records, [120, 250, 1000], levels=[0.9])
+    geo = out[out["strategy"] == "geometric"].set_index("budget")
+    assert geo["config_key"].to_dict() == {120.0: "cheap", 250.0: "long", 1000.0: "long"}
+    assert geo.loc[120.0, "natural_cost_epochs_mean"] == 100 and geo.loc[120.0, "distance_epochs"] == 20
+    assert geo.loc[120.0, "test_accuracy_mean"] == pytest.approx(0.785)
+    assert geo.loc[1000.0, "distance_epochs"] == 700  # nothing is cut to fit: the distance says how far
+    os_ = out[out["strategy"] == "one_shot"]
+    assert os_["natural_cost_epochs_mean"].tolist() == [25.0] * 3 and os_["seeds"].tolist() == [2] * 3
+    assert list(out.columns) == fr.NATURAL_BUDGET_COLUMNS
+    # with every geometric run truncated, geometric has no point at all
+    assert "geometric" not in set(fr.natural_budget(records.assign(patience_cut=1.0), [120])["strategy"])

@@ -49,7 +49,7 @@ def test_parent_run_has_spec_and_frontier_artifacts(sweep):
     assert parent.data.tags["tune_prune.frontier_rule"] == spec.frontier_rule == "all_events"
     names = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"spec.yaml", "frontier.csv", "frontier.png", "events.csv", "pretraining.json", "report.html",
-            "budget.png", "cost.png", "budget_matched.csv", "pareto.csv"} <= names
+            "budget.png", "cost.png", "budget_matched.csv", "pareto.csv", "natural_budget.csv"} <= names
     assert parent.data.metrics["trials_failed"] == 0
     assert parent.data.metrics["pretrain_epochs_total"] == spec.pretrain.epochs * len(spec.seeds)
     assert parent.data.metrics["pretrain_accelerator_seconds_total"] > 0
@@ -130,6 +130,18 @@ def test_frontier_command_reads_the_same_table_back(sweep, capsys):
                            outcome.parent_run_id)
     authors = fr.frontier(records[records["status"] == "FINISHED"], rule="final_only")
     assert fr.pivot(authors).to_string() in out
+    # and the authors' equal-budget comparison, labelled as theirs
+    from tune_prune.report import natural_budget_table
+
+    assert main(["frontier", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--equal-budget", "5,20"]) == 0
+    out = capsys.readouterr().out
+    assert "equal budget, the authors' method" in out
+    table = fr.natural_budget(records[records["status"] == "FINISHED"], [5, 20])
+    assert not table.empty and natural_budget_table(table).to_string() in out
+    assert main(["frontier", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--equal-budget", "0,x"]) == 2
+    assert "--equal-budget" in capsys.readouterr().err
 
 
 def test_frontier_command_on_unknown_experiment_exits_2(sweep, capsys):

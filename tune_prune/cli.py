@@ -156,10 +156,25 @@ def _print_outcome(outcome) -> int:
     return 0
 
 
+def _budget_list(text: str | None, flag: str) -> list[float]:
+    """'100,300' -> [100.0, 300.0]; anything else is refused naming the flag."""
+    if text is None:
+        return []
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(v > 0 for v in values):
+        raise SpecError(flag, f"must be budgets in fine-tuning epochs (> 0) separated by commas, e.g. 100,300, "
+                        f"got {text!r}")
+    return values
+
+
 def cmd_frontier(args: argparse.Namespace) -> int:
     from tune_prune import frontier as fr
     from tune_prune import report
 
+    equal_budgets = _budget_list(args.equal_budget, "--equal-budget")
     try:
         _, run, finished = _load_sweep(args)
     except LookupError as exc:
@@ -169,6 +184,10 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     print(f"sweep run {run.info.run_name} ({run.info.run_id}), {finished['trial_key'].nunique()} trials recorded"
           f"; frontier rule {rule}")
     print(report.format_frontier(front, fr.dense_baseline(finished), finished))
+    if equal_budgets:
+        table = fr.natural_budget(finished, equal_budgets)
+        print(f"\n{report.NATURAL_BUDGET_TITLE}:")
+        print(report.natural_budget_table(table).to_string() if not table.empty else "  no untruncated runs")
     if args.csv:
         report.write_csv(front, args.csv)
         print(f"frontier written to {args.csv}")
@@ -305,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--run-id", help="a specific sweep (parent) run; default: the newest")
     f.add_argument("--tracking-uri")
     f.add_argument("--csv", help="also write the frontier table to this CSV file")
+    f.add_argument("--equal-budget", metavar="B[,B...]",
+                   help="also print the authors' equal-budget comparison at these budgets (fine-tuning epochs)")
     f.add_argument("--frontier-rule", choices=FRONTIER_RULE_CHOICES,
                    help="which events count as frontier points; default: the sweep's own")
     f.set_defaults(func=cmd_frontier)

@@ -31,6 +31,12 @@ Rules (stated once, tested):
   speed-ups of the final models; those speed figures belong to a point only where
   the run was AIMED at that level (its final model is the model at that level),
   and are NaN at levels an iterative run merely passed through.
+- The authors' equal-budget view (``natural_budget``), a second budget view beside the
+  cap-based one: at budget B, a strategy's point at level p is its configuration, among
+  runs AIMED at p that no cap truncated (no event with patience_cut = 1, on any seed),
+  whose natural cost (mean total epochs of the whole run) is closest to B. Nothing is
+  cut to fit B, so the chosen run may have spent more than B, or less; the distance is
+  reported beside it.
 - Pareto front: configuration points (mean sparsity, mean test accuracy, mean
   cost) not dominated by another point that is at least as sparse, at least as
   accurate and at most as costly, and strictly better in one of the three.
@@ -183,6 +189,53 @@ def budget_matched(
     if not frames:
         return pd.DataFrame(columns=FRONTIER_COLUMNS + ["budget"])
     return pd.concat(frames, ignore_index=True)
+
+
+NATURAL_BUDGET_COLUMNS = [
+    "budget", "strategy", "sparsity_level", "config", "config_key", "seeds", "natural_cost_epochs_mean",
+    "distance_epochs", "val_accuracy_mean", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci95",
+]
+
+
+def natural_budget(records: pd.DataFrame, budgets: Sequence[float],
+                   levels: Sequence[float] | None = None) -> pd.DataFrame:
+    """The authors' equal-budget comparison (see module rules): per budget, strategy and level,
+    the untruncated configuration whose natural total epochs are closest to the budget
+    (columns: NATURAL_BUDGET_COLUMNS; ties: better validation accuracy, then config_key)."""
+    levels = default_levels(records) if levels is None else list(levels)
+    pruned = records[records["strategy"] != DENSE]
+    if pruned.empty or not budgets:
+        return pd.DataFrame(columns=NATURAL_BUDGET_COLUMNS)
+    cut = pruned["patience_cut"].fillna(0) if "patience_cut" in pruned else pd.Series(0.0, index=pruned.index)
+    truncated = set(pruned.loc[cut > 0, "trial_key"])
+    runs = pruned.sort_values(["trial_key", "event"]).groupby("trial_key", sort=False).tail(1)
+    runs = runs.assign(truncated=runs["trial_key"].isin(truncated))
+    frames = []
+    for level in levels:
+        aimed = runs[(runs["target_sparsity"] - level).abs() <= TOLERANCE]
+        if aimed.empty:
+            continue
+        g = aimed.groupby(["strategy", "config_key"], sort=False)
+        per = g.agg(config=("config", "first"), seeds=("seed", "nunique"), any_truncated=("truncated", "any"),
+                    natural_cost_epochs_mean=("cost_epochs", "mean"), val_accuracy_mean=("val_accuracy", "mean"),
+                    test_accuracy_mean=("test_accuracy", "mean"), test_accuracy_std=("test_accuracy", "std"))
+        per = per[~per["any_truncated"]].drop(columns="any_truncated").reset_index()
+        if per.empty:
+            continue
+        per["test_accuracy_std"] = per["test_accuracy_std"].fillna(0.0)
+        per["test_accuracy_ci95"] = [ci95_halfwidth(sd, n) for sd, n in zip(per["test_accuracy_std"], per["seeds"])]
+        most = per.groupby("strategy")["seeds"].transform("max")
+        per = per[per["seeds"] == most].assign(sparsity_level=level)
+        for b in budgets:
+            cand = per.assign(budget=float(b), distance_epochs=(per["natural_cost_epochs_mean"] - b).abs())
+            best = (cand.sort_values(["strategy", "distance_epochs", "val_accuracy_mean", "config_key"],
+                                     ascending=[True, True, False, True])
+                    .groupby("strategy", sort=False).head(1))
+            frames.append(best)
+    if not frames:
+        return pd.DataFrame(columns=NATURAL_BUDGET_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)[NATURAL_BUDGET_COLUMNS]
+    return out.sort_values(["sparsity_level", "budget", "strategy"]).reset_index(drop=True)
 
 
 def pareto_front(per_config: pd.DataFrame, cost_column: str = "cost_epochs_mean") -> pd.DataFrame:

@@ -173,6 +173,25 @@ def plot_cost(front: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+NATURAL_BUDGET_TITLE = ("equal budget, the authors' method: at each budget, each strategy's configuration whose "
+                        "natural total epochs (runs no cap truncated) are closest to it; cell: test accuracy % "
+                        "(natural epochs)")
+
+
+def natural_budget_table(table: pd.DataFrame) -> pd.DataFrame:
+    """(sparsity, budget) rows, strategies as columns, 'acc (epochs)' cells, from fr.natural_budget."""
+    if table.empty:
+        return pd.DataFrame()
+    cells = table.assign(cell=[f"{a * 100:.2f} ({c:.0f})" for a, c in
+                               zip(table["test_accuracy_mean"], table["natural_cost_epochs_mean"])],
+                         sparsity=[f"{v:g}" for v in table["sparsity_level"]],
+                         budget_epochs=[f"{v:g}" for v in table["budget"]])
+    out = cells.pivot_table(index=["sparsity", "budget_epochs"], columns="strategy", values="cell",
+                            aggfunc="first", sort=False).fillna("-")
+    out.columns.name = None
+    return out
+
+
 def budget_levels(records: pd.DataFrame, n: int = 6) -> list[float]:
     """Budgets to show: evenly spread from the cheapest to the most expensive trial."""
     pruned = records[records["strategy"] != fr.DENSE]
@@ -200,12 +219,14 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
     budgets = budget_levels(finished)
     matched = fr.budget_matched(finished, budgets, levels, rule=rule)
     pareto = fr.pareto_front(per_config)
+    natural = fr.natural_budget(finished, budgets, levels)
 
     files = [
         write_csv(fr.patience_cuts(finished), out / "patience_cuts.csv"),
         write_csv(front, out / "frontier.csv"),
         write_csv(matched, out / "budget_matched.csv"),
         write_csv(pareto, out / "pareto.csv"),
+        write_csv(natural, out / "natural_budget.csv"),
         plot_frontier(front, dense, out / "frontier.png", title=title),
         plot_cost(front, out / "cost.png"),
     ]
@@ -258,6 +279,11 @@ sparse-enough Linear layers in CSR format. "-": the point is an intermediate eve
 seeds (paired t-test where seeds are shared). "no" means the seeds cannot separate them. Use
 <code>tune-prune recommend --sparsity S --budget-epochs B</code> for other budgets.</p>
 <h2>Accuracy within a budget</h2>{_img(out / "budget.png")}
+<p>Cap-based view: at budget B a configuration counts only if every seed reached the sparsity having spent at most B.</p>
+<h2>Equal budget, the authors' method</h2>
+<p>{html.escape(NATURAL_BUDGET_TITLE[0].upper() + NATURAL_BUDGET_TITLE[1:])}. Nothing is cut to fit the budget,
+so a point may have cost more or less than it.</p>
+{natural_budget_table(natural).to_html() if not natural.empty else "<p>no untruncated runs</p>"}
 <h2>Cost</h2>{_img(out / "cost.png")}
 <h2>Pareto front (sparsity ↑, test accuracy ↑, fine-tuning epochs ↓)</h2>
 {pareto[["strategy", "config", "sparsity_mean", "test_accuracy_mean", "cost_epochs_mean", "seeds"]].to_html(index=False) if not pareto.empty else "<p>empty</p>"}
