@@ -53,3 +53,18 @@ def test_throughput_benchmark_prints_its_side_by_side_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("bare loop (mean of before/after)", "inside a tune_prune trial", "1 trial(s) packed", "2 trial(s) packed"):
         assert row in proc.stdout
+
+
+@needs_fashion
+def test_two_studies_benchmark_prints_both_studies(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "two_studies.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke-test", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "=== fashion_mnist_lenet_paper (frontier rule final_only) ===" in proc.stdout
+    paper, budget = proc.stdout.split("=== fashion_mnist_lenet_budget (frontier rule all_events) ===")
+    assert "equal budget, the authors' method" in paper and "equal budget" not in budget
+    assert "epochs spent and patience cut per strategy" in budget
