@@ -141,6 +141,21 @@ class Browser:
             f".filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)});"
             " if (!els.length) return false; els[els.length - 1].click(); return true; })()"))
 
+    def press(self, text: str, selector: str = "button") -> None:
+        """A real mouse click (press and release) on the last ``selector`` element whose text is ``text``.
+
+        Menus of MLflow's design system open on pointer events, which a script's click() does not send.
+        """
+        box = self.js(
+            f"(() => {{ const els = [...document.querySelectorAll({json.dumps(selector)})]"
+            f".filter(e => e.innerText && e.innerText.trim() === {json.dumps(text)});"
+            " if (!els.length) return null; const r = els[els.length - 1].getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        if box is None:
+            raise AssertionError(f"no {selector} reading {text!r} on the page")
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
     def screenshot(self, path: Path, full_page: bool = False) -> Path:
         """A PNG of the viewport (or of the whole scrollable page)."""
         params: dict[str, Any] = {"format": "png"}

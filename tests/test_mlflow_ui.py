@@ -1,8 +1,9 @@
 """What a user sees of a sweep in MLflow: the records behind the UI (real SQLite store), and
 the UI itself (`mlflow ui` on a real quickstart sweep, rendered by headless Chromium).
 
-Set TUNE_PRUNE_SCREENSHOTS=DIR to keep the browser tests' screenshots (docs/ui/ holds the
-README's); otherwise they go to pytest's temporary directory.
+Set TUNE_PRUNE_SCREENSHOTS=DIR to keep the browser tests' screenshots; otherwise they go to
+pytest's temporary directory. The README's (docs/ui/) come from the whole quickstart:
+TUNE_PRUNE_UI_FULL_QUICKSTART=1 runs it instead of its smoke test (minutes instead of seconds).
 """
 
 from __future__ import annotations
@@ -176,8 +177,9 @@ def sweep(tmp_path_factory, quickstart_path):
     old = os.getcwd()
     os.chdir(work)
     try:
-        spec = load_spec(quickstart_path, smoke_test=True)
-        outcome = run_sweep(spec, tracking_uri=tr.resolve_tracking_uri(None), smoke_test=True)
+        smoke = os.environ.get("TUNE_PRUNE_UI_FULL_QUICKSTART") != "1"
+        spec = load_spec(quickstart_path, smoke_test=smoke)
+        outcome = run_sweep(spec, tracking_uri=tr.resolve_tracking_uri(None), smoke_test=smoke)
     finally:
         os.chdir(old)
     assert outcome.failed == []
@@ -210,7 +212,9 @@ def test_every_trial_run_has_its_dataset_and_every_pruned_one_a_logged_model(swe
 
 @pytest.mark.integration
 def test_parent_run_carries_the_answer_and_the_frontier_table(sweep, monkeypatch):
-    _, spec, outcome = sweep
+    from tune_prune.cli import main
+
+    work, spec, outcome = sweep
     monkeypatch.setenv("MLFLOW_TRACKING_URI", outcome.tracking_uri)  # load_table reads MLflow's global URI
     client = MlflowClient(outcome.tracking_uri)
     parent = client.get_run(outcome.parent_run_id)
@@ -223,6 +227,37 @@ def test_parent_run_carries_the_answer_and_the_frontier_table(sweep, monkeypatch
                               run_ids=[outcome.parent_run_id])
     assert len(table) == len(outcome.frontier)
     assert sorted(table["strategy"].unique()) == sorted(outcome.frontier["strategy"].unique())
+    # `tune-prune report` rewrites both; the table is replaced, not appended to
+    client.set_tag(outcome.parent_run_id, tr.NOTE_TAG, "stale")
+    assert main(["report", "--experiment", spec.name, "--tracking-uri", outcome.tracking_uri,
+                 "--out", str(work / "report")]) == 0
+    assert client.get_run(outcome.parent_run_id).data.tags[tr.NOTE_TAG] == note
+    again = client.load_table(experiment_id=parent.info.experiment_id, artifact_file=tr.FRONTIER_TABLE,
+                              run_ids=[outcome.parent_run_id])
+    assert len(again) == len(outcome.frontier)
+
+
+@pytest.mark.integration
+def test_the_browse_line_gives_the_addresses_that_open_the_runs_and_the_answer(sweep, capsys):
+    from tune_prune.cli import _print_outcome
+
+    _, _, outcome = sweep
+    _print_outcome(outcome)
+    out = capsys.readouterr().out
+    exp = tr.run_experiment_id(outcome.tracking_uri, outcome.parent_run_id)
+    line = next(line for line in out.splitlines() if line.startswith("browse: "))
+    assert line == (f"browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1, then open "
+                    f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning"
+                    "&viewStateShareKey=tune_prune")
+    assert (f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{outcome.parent_run_id}?workflowType=machine_learning"
+            in out)
+
+
+#: wide enough for the runs table to show its Dataset and Models columns beside MLflow's assistant panel
+WIDTH = 1900
+#: MLflow 3.17.2's runs table reads one page of an experiment's logged models, the 50 newest
+#: (mlflow/mlflow#25766): beyond that, older runs show an empty Models cell
+MLFLOW_MODELS_PAGE = 50
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +274,7 @@ def browser():
     from browser import Browser, chromium_path
 
     chromium_path()
-    with Browser(1600, 1000) as b:
+    with Browser(WIDTH, 1000) as b:
         yield b
 
 
@@ -265,6 +300,26 @@ def _trial_names(outcome) -> list[str]:
 
 
 @pytest.mark.integration
+def test_a_first_time_user_groups_the_runs_by_strategy_with_two_clicks(sweep, ui, browser, shots):
+    """Without tune_prune's view: the runs page, the parent row folded, and `strategy` offered by Group by."""
+    _, _, outcome = sweep
+    exp = tr.run_experiment_id(outcome.tracking_uri, outcome.parent_run_id)
+    browser.open(f"{ui.url}/#/experiments/{exp}/runs?{tr.WORKFLOW_QUERY}")
+    parent = MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id).info.run_name
+    browser.wait_for(f"document.body.innerText.includes({json.dumps(parent[:20])})", what="the sweep's run")
+    assert "Group: " not in browser.text()
+    assert "digits (" in browser.text()  # the parent row names the sweep's data too
+    browser.press("Group by")
+    browser.wait_for("[...document.querySelectorAll('[role=menuitem], [role=option], [role=menuitemcheckbox]')]"
+                     ".some(e => e.innerText.trim() === 'strategy')", what="`strategy` in the Group by menu")
+    browser.screenshot(shots / "group_by_menu.png")
+    browser.press("strategy", "[role=menuitem], [role=option], [role=menuitemcheckbox]")
+    browser.wait_for("document.body.innerText.includes('Group: geometric')", what="runs grouped by strategy")
+    for name in _trial_names(outcome):
+        assert name in browser.text(), name
+
+
+@pytest.mark.integration
 def test_runs_page_shows_the_trials_by_strategy_with_dataset_and_model(sweep, ui, browser, shots):
     _, spec, outcome = sweep
     names = _trial_names(outcome)
@@ -278,13 +333,17 @@ def test_runs_page_shows_the_trials_by_strategy_with_dataset_and_model(sweep, ui
     for strategy in ("one_shot", "constant", "geometric", "hybrid", "dense"):
         assert f"Group: {strategy}" in text
     assert text.count("digits (") >= len(names)  # the Dataset column, one per trial
+    browser.screenshot(shots / "runs_by_strategy.png")
     browser.js("document.querySelector('.ag-body-horizontal-scroll-viewport, .ag-center-cols-viewport')"
                "?.scrollBy(400, 0)")
-    models = browser.js("[...document.querySelectorAll('a')].map(a => a.innerText.trim())"
-                        ".filter(t => t.length > 0)")
-    pruned = [n for n in names if not n.startswith("dense")]
-    assert {tr.logged_model_name(n) for n in pruned} <= set(models), "Models column"
-    browser.screenshot(shots / "runs_by_strategy.png")
+    pruned = {tr.logged_model_name(n) for n in names if not n.startswith("dense")}
+    shown = browser.wait_for(
+        f"(() => {{ const want = new Set({json.dumps(sorted(pruned))});"
+        " const got = [...new Set([...document.querySelectorAll('a')].map(a => a.innerText.trim())"
+        ".filter(t => want.has(t)))];"
+        f" return got.length >= {min(len(pruned), MLFLOW_MODELS_PAGE)} ? got : null; }})()",
+        what="the Models column")
+    assert len(shown) == min(len(pruned), MLFLOW_MODELS_PAGE)
 
 
 @pytest.mark.integration
@@ -320,10 +379,10 @@ def test_parent_run_page_shows_the_recommendation_frontier_table_and_plot(sweep,
         " return i && i.complete && i.naturalWidth > 0 ? [i.naturalWidth, i.naturalHeight] : null; })()",
         what="the frontier plot, loaded")
     assert loaded == [840, 540]  # report.plot_frontier: 7 x 4.5 in at 120 dpi
-    browser.call("Emulation.setDeviceMetricsOverride", width=1600, height=1900, deviceScaleFactor=1, mobile=False)
+    browser.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=1500, deviceScaleFactor=1, mobile=False)
     try:
         time.sleep(1)
         browser.screenshot(shots / "parent_run_description.png")
     finally:
-        browser.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
+        browser.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=1000, deviceScaleFactor=1,
                      mobile=False)

@@ -211,6 +211,21 @@ def recommendation_table(finished: pd.DataFrame, levels: Sequence[float], rule: 
     return pd.DataFrame(rows)
 
 
+def recommended_trials(finished: pd.DataFrame, levels: Sequence[float], rule: str) -> list[str]:
+    """Names of the trials behind each level's winner that were aimed at that level (their final
+    model is the model at that level), in level order, each once."""
+    out: list[str] = []
+    if finished.empty:
+        return out
+    targets = finished.drop_duplicates("trial_name").set_index("trial_name")["target_sparsity"]
+    for level in levels:
+        rec = recommend(finished, level, rule=rule)
+        if rec.winner is None:
+            continue
+        out += [t for t in rec.winner.trials if abs(float(targets.get(t, -1)) - level) < 1e-9 and t not in out]
+    return out
+
+
 def _md_cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 

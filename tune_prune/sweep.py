@@ -591,6 +591,7 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
         records.to_csv(events_csv, index=False)
         tracker.log_artifact(events_csv)
     tracker.log_table(front)
+    tracker.link_models(report.recommended_trials(finished, spec.target_sparsities, spec.frontier_rule))
     wall = time.perf_counter() - t_start
     last = records.sort_values("event").groupby("trial_key").tail(1)
     tracker.log_summary(

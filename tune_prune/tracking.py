@@ -14,8 +14,8 @@ Layout in MLflow:
   metrics at step = event index (1-based; 0 for the dense baseline) and per-epoch
   ``epoch_*`` metrics at step = global fine-tuning epoch; the data it used as an
   MLflow dataset input and its final pruned model as an MLflow logged model;
-- on the experiment: a shared view of the runs table (grouped by strategy, trials
-  expanded, a sparsity-accuracy scatter), opened by :func:`browse_url`.
+- on the experiment: a shared view of the runs table (grouped by strategy, a
+  sparsity-accuracy scatter), opened by the address :func:`browse_url` gives.
 """
 
 from __future__ import annotations
@@ -317,8 +317,9 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
             return exp.experiment_id
-        # The kind tag makes MLflow 3's UI open on the training-runs table (with the
-        # nested trials) instead of its GenAI overview.
+        # The kind tag says "training runs" to MLflow UIs that read it. MLflow 3.17's does not
+        # while its GenAI / Model training switch exists (a browser setting): browse_url's
+        # address carries that switch instead.
         return self.client.create_experiment(self.experiment_name, artifact_location=_artifact_root(self.uri),
                                              tags={"mlflow.experimentKind": "custom_model_development"})
 
@@ -370,6 +371,19 @@ class SweepTracker:
                 expanded = {}  # someone else's value under our key: replace it
         expanded[self.parent_run_id] = True
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(runs_view(expanded)))
+
+    def link_models(self, trial_names: list[str]) -> None:
+        """Name these trials' logged models as the sweep run's outputs (its Models column): the
+        recommended models. Trials without a logged model are passed over."""
+        by_name = {r.info.run_name: r for r in child_runs(self.uri, self.experiment_id, self.parent_run_id)}
+        outputs = []
+        for step, name in enumerate(trial_names):
+            run = by_name.get(name)
+            models = run.outputs.model_outputs if run is not None and run.outputs else []
+            if models:
+                outputs.append(LoggedModelOutput(models[-1].model_id, step))
+        if outputs:
+            self.client.log_outputs(self.parent_run_id, outputs)
 
     def set_description(self, markdown: str) -> None:
         """The parent run's description (MLflow's run note), shown on the run's page."""
@@ -485,9 +499,10 @@ class TrialTracker:
         self.client.set_tag(self.run_id, key, value)
 
     def log_dataset(self, bundle: Any) -> None:
-        """The data this trial uses, as the run's MLflow dataset input (the runs table's Dataset column).
+        """The data this trial uses, as the run's MLflow dataset input (the runs table's Dataset column),
+        and as the sweep's parent run's (its row in the table, folded or not, names the data too).
 
-        Logging it again on a retry is harmless: MLflow keeps one input per (run, dataset).
+        Logging it again (a retry, the next trial) is harmless: MLflow keeps one input per (run, dataset).
         """
         from mlflow.exceptions import MlflowException
 
@@ -496,7 +511,8 @@ class TrialTracker:
         inputs = [DatasetInput(self._dataset, tags=[InputTag("mlflow.data.context", "train")])]
         for attempt in range(3):
             try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
+                for run_id in (self.run_id, self.parent_run_id):
+                    self.client.log_inputs(run_id, datasets=inputs)
                 return
             except MlflowException:
                 # Trials starting together race to create the experiment's dataset record (a
