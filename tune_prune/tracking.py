@@ -361,16 +361,13 @@ class SweepTracker:
         self.client.log_dict(self.parent_run_id, obj, artifact_file)
 
     def publish_view(self) -> None:
-        """Write the experiment's runs-table view with this sweep's parent row expanded (see runs_view)."""
-        old = self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG)
-        expanded: dict[str, bool] = {}
-        if old:
-            try:
-                expanded = dict(json.loads(old).get("runsExpanded", {}))
-            except (ValueError, AttributeError):
-                expanded = {}  # someone else's value under our key: replace it
-        expanded[self.parent_run_id] = True
-        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(runs_view(expanded)))
+        """Write the experiment's runs-table view (see runs_view), this sweep's row unfolded.
+
+        Only the newest sweep's row: the tag's size stays put however many sweeps the
+        experiment holds (MLflow caps experiment tags at 20,000 characters).
+        """
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG,
+                                       json.dumps(runs_view({self.parent_run_id: True})))
 
     def link_models(self, trial_names: list[str]) -> None:
         """Name these trials' logged models as the sweep run's outputs (its Models column): the
