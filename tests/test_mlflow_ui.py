@@ -66,6 +66,11 @@ def test_note_holds_the_recommendation_frontier_dense_baseline_budget_and_plot()
     assert len(note) < tr.MAX_NOTE_CHARS
 
 
+def test_recommended_models_are_those_of_winning_runs_aimed_at_the_level():
+    # at 0.5 geometric wins through runs aimed at 0.9: their final models are not the 0.5 models
+    assert report.recommended_trials(_records(), [0.5, 0.9], "all_events") == ["geo-0", "geo-1", "geo-2"]
+
+
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
