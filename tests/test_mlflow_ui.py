@@ -376,6 +376,14 @@ def test_parent_run_page_shows_the_recommendation_frontier_table_and_plot(sweep,
     text = browser.text()
     assert "Frontier: test accuracy (%) of each strategy's best configuration" in text
     assert "distinguishable" in text and "Dense baseline:" in text and "Budget spent" in text
+    client = MlflowClient(outcome.tracking_uri)
+    recommended = [client.get_logged_model(o.model_id).name
+                   for o in client.get_run(outcome.parent_run_id).outputs.model_outputs]
+    assert recommended
+    browser.wait_for(f"document.body.innerText.includes('Logged models ({len(recommended)})')",
+                     what="the sweep run's logged models")
+    text = browser.text()
+    assert all(name in text for name in recommended)  # the recommended models, listed on the sweep's page
     tables = browser.js("[...document.querySelectorAll('.note-editor-preview-content table')]"
                         ".map(t => t.querySelectorAll('tr').length)")
     assert tables == [len(spec.target_sparsities) + 1] * 2  # recommendation and frontier: header + a row per level
