@@ -246,7 +246,9 @@ def spent_lines(records: pd.DataFrame, params: dict[str, str], metrics: dict[str
     pruned = last[last["strategy"] != fr.DENSE]
     lines = []
     budget = params.get("budget_epochs")
-    if budget is not None:
+    if budget == "unbounded":  # the paper's patience protocol: no per-trial budget
+        lines.append("budget per trial: none (patience alone ends each event)")
+    elif budget is not None:
         policy = f" ({params['budget_policy']})" if "budget_policy" in params else ""
         lines.append(f"budget per trial: {budget} fine-tuning epochs{policy}")
     if not pruned.empty:
