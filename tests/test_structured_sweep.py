@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from tune_prune.models import build_model
 from tune_prune.pruning.structured import prunable_count
 from tune_prune.spec import parse_spec
-from tune_prune.tracking import FINAL_MODEL
+from tune_prune.tracking import load_final_model
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +57,7 @@ def test_final_models_are_physically_smaller_by_the_logged_ratios(structured_swe
         assert run.data.params["structure"] == "structured" and run.data.params["criterion"] == "hessian_diag"
         m = run.data.metrics
         assert m["sparsity"] == pytest.approx(float(run.data.params["target_sparsity"]))
-        path = client.download_artifacts(run.info.run_id, FINAL_MODEL, str(tmp_path / run.info.run_id))
-        model = torch.load(path, weights_only=False)
+        model = load_final_model(outcome.tracking_uri, run.info.run_id)  # the run's MLflow logged model
         assert prunable_count(model) == pytest.approx((1 - m["param_sparsity"]) * dense, abs=0.5)
         assert prunable_count(model) < dense / 2
         assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

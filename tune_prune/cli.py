@@ -149,7 +149,15 @@ def _print_outcome(outcome) -> int:
     ok = outcome.n_trials - len(outcome.failed)
     print(f"{ok}/{outcome.n_trials} trials finished in {outcome.wall_seconds:.0f}s; MLflow experiment "
           f"'{outcome.experiment_name}', parent run {outcome.parent_run_id}")
-    print(f"browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1")
+    from tune_prune.tracking import browse_url, run_experiment_id
+
+    exp_id = run_experiment_id(outcome.tracking_uri, outcome.parent_run_id)
+    if outcome.tracking_uri.startswith(("http://", "https://")):
+        print(f"browse: {browse_url(outcome.tracking_uri, exp_id)}")
+    else:
+        print(f"browse: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1, then open "
+              f"{browse_url(outcome.tracking_uri, exp_id)}")
+    print(f"  the answer (frontier, recommendation): {browse_url(outcome.tracking_uri, exp_id, outcome.parent_run_id)}")
     if outcome.failed:
         print(f"failed trials: {', '.join(outcome.failed)}", file=sys.stderr)
         return 1
@@ -251,19 +259,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tune_prune import report
-    from tune_prune.tracking import log_artifacts
+    from tune_prune.tracking import describe_run, log_artifacts
 
     try:
         uri, run, records = _load_sweep(args)
     except LookupError as exc:
         return _fail(str(exc))
     out = Path(args.out or f"tune_prune_report/{run.info.run_name}")
-    files = report.build_report(records, out, f"{args.experiment}: sweep {run.info.run_name}",
-                                rule=_frontier_rule(args, run))
+    rule = _frontier_rule(args, run)
+    files = report.build_report(records, out, f"{args.experiment}: sweep {run.info.run_name}", rule=rule)
     if not args.no_log:
+        from tune_prune.frontier import frontier
+
         log_artifacts(uri, run.info.run_id, files)
+        note = report.markdown_note(records, run.info.run_id, rule=rule, params=run.data.params,
+                                    metrics=run.data.metrics)
+        describe_run(uri, run.info.run_id, note, frontier(records, rule=rule))
     print(f"report written to {out}/ ({', '.join(f.name for f in files)})"
-          + ("" if args.no_log else f"; logged to sweep run {run.info.run_id}"))
+          + ("" if args.no_log else f"; logged to sweep run {run.info.run_id} and its description refreshed"))
     return 0
 
 

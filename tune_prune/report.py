@@ -206,6 +206,124 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
+def recommendation_table(finished: pd.DataFrame, levels: Sequence[float], rule: str,
+                         front: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per target sparsity: winner, its test accuracy, runner-up, difference, p, distinguishable."""
+    if front is None:
+        front = fr.frontier(finished, levels, rule)
+    rows = []
+    for level in levels:
+        rec = recommend(finished, level, rule=rule) if not front.empty else None
+        if rec is None or rec.winner is None:
+            continue
+        cmp = rec.comparison
+        rows.append({
+            "sparsity": f"{level:g}",
+            "winner": rec.winner.strategy,
+            "test acc (%)": f"{rec.winner.test_accuracy_mean * 100:.2f} ± {rec.winner.test_accuracy_ci95 * 100:.2f}",
+            "runner-up": rec.runner_up.strategy if rec.runner_up else "-",
+            "difference (pt)": f"{cmp.difference * 100:+.2f}" if cmp else "-",
+            "p": f"{cmp.p_value:.3g}" if cmp and cmp.p_value is not None else "-",
+            "distinguishable": ("yes" if cmp.distinguishable else "no") if cmp else "-",
+            "winner config": rec.winner.config,
+        })
+    return pd.DataFrame(rows)
+
+
+def recommended_trials(finished: pd.DataFrame, levels: Sequence[float], rule: str) -> list[str]:
+    """Names of the trials behind each level's winner that were aimed at that level (their final
+    model is the model at that level), in level order, each once."""
+    out: list[str] = []
+    if finished.empty:
+        return out
+    targets = finished.drop_duplicates("trial_name").set_index("trial_name")["target_sparsity"]
+    for level in levels:
+        rec = recommend(finished, level, rule=rule)
+        if rec.winner is None:
+            continue
+        out += [t for t in rec.winner.trials if abs(float(targets.get(t, -1)) - level) < 1e-9 and t not in out]
+    return out
+
+
+def _md_cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, index: bool = False) -> str:
+    """A DataFrame as a GitHub-flavoured markdown table (what MLflow's run description renders)."""
+    if index:
+        df = df.reset_index()
+    head = "| " + " | ".join(_md_cell(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
+    body = ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def spent_lines(records: pd.DataFrame, params: dict[str, str], metrics: dict[str, float]) -> list[str]:
+    """What the sweep spent, from its records and its parent run's params and metrics."""
+    last = records.sort_values("event").groupby("trial_key").tail(1)
+    pruned = last[last["strategy"] != fr.DENSE]
+    lines = []
+    budget = params.get("budget_epochs")
+    if budget == "unbounded":  # the paper's patience protocol: no per-trial budget
+        lines.append("budget per trial: none (patience alone ends each event)")
+    elif budget is not None:
+        policy = f" ({params['budget_policy']})" if "budget_policy" in params else ""
+        lines.append(f"budget per trial: {budget} fine-tuning epochs{policy}")
+    if not pruned.empty:
+        lines.append(f"fine-tuning spent: {pruned['cost_epochs'].sum():g} epochs over {len(pruned)} pruned trials "
+                     f"(most in one trial: {pruned['cost_epochs'].max():g})")
+    if "pretrain_epochs_total" in metrics:
+        lines.append(f"pretraining: {metrics['pretrain_epochs_total']:g} epochs "
+                     "(paid once per dense model, outside the trials' budget)")
+    accel = metrics.get("trials_accelerator_seconds_total")
+    if accel is not None:
+        unit = "GPU" if float(params.get("gpu_per_trial", 0) or 0) > 0 else "core"
+        lines.append(f"accelerator time in trials: {accel:.1f} {unit}-seconds")
+    if "sweep_wall_seconds" in metrics:
+        failed = int(metrics.get("trials_failed", 0))
+        lines.append(f"sweep wall time: {metrics['sweep_wall_seconds']:.0f} s; {records['trial_key'].nunique()} trials "
+                     f"recorded, {failed} failed")
+    return lines
+
+
+def markdown_note(records: pd.DataFrame, run_id: str, levels: Sequence[float] | None = None,
+                  rule: str = "all_events", params: dict[str, str] | None = None,
+                  metrics: dict[str, float] | None = None) -> str:
+    """The sweep's answer as markdown for its parent run's description in MLflow.
+
+    The recommendation at each target sparsity first (MLflow shows the top of a long
+    description and folds the rest), then the frontier table, the dense baseline, the
+    budget spent and the frontier plot (the run's own ``frontier.png`` artifact).
+    """
+    finished = records[records["status"].isin(("FINISHED", "KILLED"))] if "status" in records else records
+    levels = fr.default_levels(finished) if levels is None else list(levels)
+    front = fr.frontier(finished, levels, rule)
+    dense = fr.dense_baseline(finished)
+    out = ["#### Recommendation per target sparsity"]  # blocks, joined by blank lines
+    recs = recommendation_table(finished, levels, rule, front)
+    if recs.empty:
+        out.append("No strategy has a model at the target sparsities yet.")
+    else:
+        out += [markdown_table(recs.drop(columns=["winner config"])),
+                "Winner chosen on validation accuracy; test accuracy is the mean ± 95% CI half-width over seeds; "
+                "the difference to the runner-up is tested over seeds (paired t-test where seeds are shared): "
+                "*distinguishable: no* means the seeds cannot separate the two."]
+    out += [f"**Dense baseline:** {dense['test_accuracy_mean'] * 100:.2f} ± {dense['test_accuracy_std'] * 100:.2f} % "
+            f"test accuracy over {dense['seeds']} seed(s)." if dense.get("seeds") else "**Dense baseline:** none finished."]
+    out += [f"**Warning:** {line}" for line in fr.patience_cut_lines(finished)]
+    out.append("#### Frontier: test accuracy (%) of each strategy's best configuration")
+    pivot = fr.pivot(front)
+    out.append(markdown_table(pivot, index=True) if not pivot.empty else "No pruned trial finished: no frontier.")
+    spent = spent_lines(records, params or {}, metrics or {})
+    if spent:
+        out += ["#### Budget spent", "\n".join(f"- {line}" for line in spent)]
+    out += [f"![frontier](get-artifact?path=frontier.png&run_uuid={run_id})",
+            f"Frontier rule: `{rule}`. Artifacts: `report.html` (all tables and plots), `frontier.csv`, "
+            "`frontier_table.json`, `events.csv`. Other budgets: `tune-prune recommend --sparsity S --budget-epochs B`."]
+    return "\n\n".join(out) + "\n"
+
+
 def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
                  levels: Sequence[float] | None = None, rule: str = "all_events") -> list[Path]:
     """Write every report file for one sweep into ``out_dir``; return their paths."""
@@ -233,23 +351,7 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
     shown = levels[-4:] if len(levels) > 4 else levels
     files.append(plot_budget(matched, shown, out / "budget.png"))
 
-    rows = []
-    for level in levels:
-        rec = recommend(finished, level, rule=rule) if not front.empty else None
-        if rec is None or rec.winner is None:
-            continue
-        cmp = rec.comparison
-        rows.append({
-            "sparsity": f"{level:g}",
-            "winner": rec.winner.strategy,
-            "test acc (%)": f"{rec.winner.test_accuracy_mean * 100:.2f} ± {rec.winner.test_accuracy_ci95 * 100:.2f}",
-            "runner-up": rec.runner_up.strategy if rec.runner_up else "-",
-            "difference (pt)": f"{cmp.difference * 100:+.2f}" if cmp else "-",
-            "p": f"{cmp.p_value:.3g}" if cmp and cmp.p_value is not None else "-",
-            "distinguishable": ("yes" if cmp.distinguishable else "no") if cmp else "-",
-            "winner config": rec.winner.config,
-        })
-    recs = pd.DataFrame(rows)
+    recs = recommendation_table(finished, levels, rule, front)
     pivot = fr.pivot(front)
     speed = speed_table(front)
     dense_line = (f"Dense baseline: {dense['test_accuracy_mean'] * 100:.2f} ± {dense['test_accuracy_std'] * 100:.2f} % "

@@ -590,6 +590,8 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
         events_csv = Path(tmp) / "events.csv"
         records.to_csv(events_csv, index=False)
         tracker.log_artifact(events_csv)
+    tracker.log_table(front)
+    tracker.link_models(report.recommended_trials(finished, spec.target_sparsities, spec.frontier_rule))
     wall = time.perf_counter() - t_start
     last = records.sort_values("event").groupby("trial_key").tail(1)
     tracker.log_summary(
@@ -600,6 +602,9 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
          "trials_accelerator_seconds_total": float(last["accelerator_seconds"].fillna(0).sum())},
         tags={"tune_prune.failed_trials": ",".join(failed)[:5000]} if failed else None,
     )
+    run = tracker.client.get_run(parent_id)  # its params and the totals just logged, for the description
+    tracker.set_description(report.markdown_note(records, parent_id, spec.target_sparsities, spec.frontier_rule,
+                                                 run.data.params, run.data.metrics))
     tracker.end("FINISHED" if not failed else "FAILED")
     summary = report.format_frontier(front, dense, finished)
     n_run = records["trial_key"].nunique()

@@ -7,23 +7,29 @@ and inside Ray workers.
 Layout in MLflow:
 - experiment = the sweep's name (or ``--experiment``);
 - parent run per sweep invocation: sweep params, the resolved spec (artifact),
-  pretraining cost per dense model, the frontier table (CSV) and plot (PNG);
+  pretraining cost per dense model, the frontier table (CSV and MLflow table) and
+  plot (PNG), and the answer in the run's description (MLflow's run note);
 - child run per trial, tagged with its deterministic trial key: params (schedule,
   full cumulative sparsity list, target, patience, seed, budget, ...), per-event
   metrics at step = event index (1-based; 0 for the dense baseline) and per-epoch
-  ``epoch_*`` metrics at step = global fine-tuning epoch.
+  ``epoch_*`` metrics at step = global fine-tuning epoch; the data it used as an
+  MLflow dataset input and its final pruned model as an MLflow logged model;
+- on the experiment: a shared view of the runs table (grouped by strategy, a
+  sparsity-accuracy scatter), opened by the address :func:`browse_url` gives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tune_prune.loop import EpochRecord, EventRecord, PretrainResult
@@ -38,12 +44,31 @@ PARENT_TAG = "mlflow.parentRunId"
 #: Child-run statuses whose events are frontier points: finished trials, and trials a
 #: scheduler stopped early (their completed events are real models at real costs).
 USABLE_STATUSES = ("FINISHED", "KILLED")
-#: artifact of every finished pruned trial: torch.save of the whole final nn.Module
-#: (load with torch.load(path, weights_only=False); tune_prune must be importable)
+#: artifact of every finished pruned trial: where the pruning fell, layer by layer
 LAYER_SPARSITY = "layer_sparsity.json"
 #: on the parent run: which events count as frontier points (frontier.FRONTIER_RULES)
 TAG_FRONTIER_RULE = "tune_prune.frontier_rule"
-FINAL_MODEL = "final_model.pt"
+#: MLflow's run description: markdown, shown on the run's Overview page
+NOTE_TAG = "mlflow.note.content"
+#: MLflow truncates run tag values beyond this many characters
+MAX_NOTE_CHARS = 8000
+#: the parent run's frontier as an MLflow table (log_table's JSON format)
+FRONTIER_TABLE = "frontier_table.json"
+#: experiment tag holding the runs-table view that browse_url opens (MLflow 3's shared view state:
+#: the UI reads `mlflow.sharedViewState.<key>` when the URL carries `viewStateShareKey=<key>`)
+VIEW_KEY = "tune_prune"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+#: MLflow 3.17's UI picks GenAI or training pages from this browser-side switch (its local
+#: storage, overridden by this URL parameter), not from the experiment's kind tag
+WORKFLOW_QUERY = "workflowType=machine_learning"
+#: short names for the runs table's "Group by" and the charts (the namespaced tags stay)
+TAG_STRATEGY_SHORT = "strategy"
+#: the colour MLflow's UI draws a run in (tag read by its tables and charts): one per strategy,
+#: the same as the frontier plot's (report.COLORS, matplotlib's tab10)
+TAG_RUN_COLOR = "mlflow.runColor"
+STRATEGY_COLORS = {"one_shot": "#1f77b4", "constant": "#ff7f0e", "geometric": "#2ca02c", "hybrid": "#d62728",
+                   "dense": "#000000"}
+OTHER_COLOR = "#7f7f7f"
 
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
                  "param_sparsity", "mac_sparsity", "patience_cut")
@@ -51,6 +76,8 @@ EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wa
 SPEED_METRICS = ("latency_ms", "dense_latency_ms", "latency_speedup", "throughput", "dense_throughput",
                  "throughput_speedup", "csr_latency_speedup", "csr_throughput_speedup")
 MAX_PARAM_CHARS = 6000
+#: the final event's metrics that are also recorded on the trial's logged model
+MODEL_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "param_sparsity", "mac_sparsity")
 
 
 class CredentialsInUriError(ValueError):
@@ -90,6 +117,20 @@ def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return None  # a tracking server decides (proxied artifacts)
+
+
+class _quiet:
+    """Only errors from one logger while the body runs (MLflow warns about pickle on every save)."""
+
+    def __init__(self, name: str) -> None:
+        self.log = logging.getLogger(name)
+
+    def __enter__(self) -> None:
+        self.level = self.log.level
+        self.log.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self.log.setLevel(self.level)
 
 
 def _now_ms() -> int:
@@ -151,6 +192,124 @@ def _budget_epochs(budget: Any) -> Any:
     return "unbounded" if budget.epochs is None else budget.epochs
 
 
+def _column(kind: str, key: str) -> str:
+    """A runs-table column as the MLflow UI names it in its view state."""
+    return f"{kind}.`{key}`"
+
+
+#: the columns the tune_prune view shows, after MLflow's own defaults (Source, Models, Dataset)
+VIEW_COLUMNS = (_column("attributes", "Source"), _column("attributes", "Models"), _column("attributes", "Dataset"),
+                _column("tags", TAG_STRATEGY_SHORT), _column("params", "target_sparsity"),
+                _column("params", "seed"), _column("metrics", "sparsity"), _column("metrics", "test_accuracy"),
+                _column("metrics", "val_accuracy"), _column("metrics", "cost_epochs"))
+
+
+def runs_view(expanded: dict[str, bool] | None = None) -> dict[str, Any]:
+    """The runs-table view state tune_prune stores on its experiments (MLflow 3.17's UI format).
+
+    Grouped by the ``strategy`` tag, every run shown in charts (MLflow shows the first 10
+    by default), the tune_prune columns, and one chart: final sparsity against test
+    accuracy, one point per trial. ``runsExpanded`` is kept for MLflow versions that read
+    it from shared views; 3.17 leaves expansion to the browser.
+    """
+    section = "tune_prune"
+    return {
+        "selectedColumns": list(VIEW_COLUMNS),
+        "runsExpanded": dict(expanded or {}),
+        "runsHiddenMode": "SHOW_ALL",
+        "groupBy": {"aggregateFunction": "average",
+                    "groupByKeys": [{"mode": "tag", "groupByData": TAG_STRATEGY_SHORT}]},
+        "groupsExpanded": {},
+        # a scatter of group averages would mix target sparsities: plot each trial
+        "useGroupedValuesInCharts": False,
+        "hideEmptyCharts": True,
+        "compareRunSections": [{"uuid": section, "name": "tune_prune: sparsity vs test accuracy",
+                                "display": True, "isReordered": False, "columns": 1, "cardHeight": 480}],
+        "compareRunCharts": [{"uuid": "tune_prune-frontier", "type": "SCATTER", "metricSectionId": section,
+                              "xaxis": {"key": "sparsity", "type": "METRIC"},
+                              "yaxis": {"key": "test_accuracy", "type": "METRIC"},
+                              "runsCountToCompare": 1000, "deleted": False, "isGenerated": False}],
+    }
+
+
+def logged_model_name(trial_name: str) -> str:
+    """A trial's name as MLflow accepts it for a logged model (no '.', '/', ':', '%' or quotes)."""
+    return "".join("_" if c in "./:%\"'" else c for c in trial_name)
+
+
+def set_description(client: MlflowClient, run_id: str, markdown: str) -> None:
+    """A run's description (the tag MLflow's UI edits as the run's note); cut to what MLflow keeps."""
+    if len(markdown) > MAX_NOTE_CHARS:
+        cut = markdown[: MAX_NOTE_CHARS - 80].rsplit("\n", 1)[0]
+        markdown = cut + "\n\n*(cut to MLflow's tag limit: see `report.html` in the artifacts)*\n"
+    client.set_tag(run_id, NOTE_TAG, markdown)
+
+
+def log_table(client: MlflowClient, run_id: str, df: pd.DataFrame, artifact_file: str = FRONTIER_TABLE) -> None:
+    """``df`` as an MLflow table artifact, REPLACING an earlier one of that name.
+
+    Same file format and run tag as ``MlflowClient.log_table``, which appends to an
+    existing file instead: a refreshed report must not double the frontier's rows.
+    """
+    import tempfile
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        df.to_json(path, orient="split", index=False, date_format="iso")
+        parent = str(Path(artifact_file).parent)
+        client.log_artifact(run_id, str(path), None if parent == "." else parent)
+    tables = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in tables:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*tables, entry]))
+
+
+def describe_run(tracking_uri: str, run_id: str, markdown: str, frontier: pd.DataFrame | None = None) -> None:
+    """Refresh a recorded sweep's description (and its frontier table) from a later report."""
+    client = _client(tracking_uri)
+    set_description(client, run_id, markdown)
+    if frontier is not None:
+        log_table(client, run_id, frontier)
+
+
+def browse_url(tracking_uri: str, experiment_id: str, run_id: str | None = None,
+               ui: str = "http://127.0.0.1:5000") -> str:
+    """The address that opens an experiment's training runs (or one run) in MLflow 3.17's UI.
+
+    An http(s) tracking URI is the UI itself; a database store is read by ``mlflow ui`` at ``ui``.
+    The runs page carries tune_prune's view (grouped by strategy, the frontier chart).
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ui
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{WORKFLOW_QUERY}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW_QUERY}&viewStateShareKey={VIEW_KEY}"
+
+
+def dataset_entity(name: str, settings: dict[str, Any], bundle: Any) -> Dataset:
+    """An MLflow dataset for what a trial trained on: its name, a digest and its split sizes.
+
+    The digest hashes the dataset's settings (the path it was read from excepted: it
+    differs between machines) and each split's labels in order, so it changes when the
+    examples a split holds change, without hashing the images on every trial.
+    """
+    kept = {k: v for k, v in settings.items() if k not in ("root", "download")}
+    h = hashlib.sha256(json.dumps({"name": name, **kept}, sort_keys=True, default=str).encode())
+    sizes = {}
+    for split in ("train", "val", "test"):
+        labels = getattr(bundle, f"y_{split}")
+        sizes[f"{split}_examples"] = int(len(labels))
+        h.update(split.encode())
+        h.update(labels.detach().cpu().contiguous().numpy().tobytes())
+    profile = {**sizes, "num_classes": int(getattr(bundle, "num_classes", 0) or 0),
+               "input_shape": list(getattr(bundle, "in_shape", ()) or ()),
+               "storage": str(getattr(bundle, "storage", ""))}
+    source = json.dumps({"loader": "tune_prune.data.load_dataset", "name": name, **kept}, sort_keys=True, default=str)
+    return Dataset(name=name, digest=h.hexdigest()[:16], source_type="tune_prune", source=source,
+                   profile=json.dumps(profile))
+
+
 class SweepTracker:
     """Driver side: the experiment and the sweep's parent run, created once, up front."""
 
@@ -165,8 +324,9 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
             return exp.experiment_id
-        # The kind tag makes MLflow 3's UI open on the training-runs table (with the
-        # nested trials) instead of its GenAI overview.
+        # The kind tag says "training runs" to MLflow UIs that read it. MLflow 3.17's does not
+        # while its GenAI / Model training switch exists (a browser setting): browse_url's
+        # address carries that switch instead.
         return self.client.create_experiment(self.experiment_name, artifact_location=_artifact_root(self.uri),
                                              tags={"mlflow.experimentKind": "custom_model_development"})
 
@@ -178,6 +338,7 @@ class SweepTracker:
                   TAG_FRONTIER_RULE: spec.frontier_rule},
         )
         self.parent_run_id = run.info.run_id
+        self.publish_view()
         params = {
             "model": spec.model.name,
             "dataset": spec.dataset.name,
@@ -207,6 +368,35 @@ class SweepTracker:
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(self.parent_run_id, obj, artifact_file)
+
+    def publish_view(self) -> None:
+        """Write the experiment's runs-table view (see runs_view), this sweep's row unfolded.
+
+        Only the newest sweep's row: the tag's size stays put however many sweeps the
+        experiment holds (MLflow caps experiment tags at 20,000 characters).
+        """
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG,
+                                       json.dumps(runs_view({self.parent_run_id: True})))
+
+    def link_models(self, trial_names: list[str]) -> None:
+        """Name these trials' logged models as the sweep run's outputs (its Models column): the
+        recommended models. Trials without a logged model are passed over."""
+        by_name = {r.info.run_name: r for r in child_runs(self.uri, self.experiment_id, self.parent_run_id)}
+        outputs = []
+        for step, name in enumerate(trial_names):
+            run = by_name.get(name)
+            models = run.outputs.model_outputs if run is not None and run.outputs else []
+            if models:
+                outputs.append(LoggedModelOutput(models[-1].model_id, step))
+        if outputs:
+            self.client.log_outputs(self.parent_run_id, outputs)
+
+    def set_description(self, markdown: str) -> None:
+        """The parent run's description (MLflow's run note), shown on the run's page."""
+        set_description(self.client, self.parent_run_id, markdown)
+
+    def log_table(self, df: pd.DataFrame, artifact_file: str = FRONTIER_TABLE) -> None:
+        log_table(self.client, self.parent_run_id, df, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.parent_run_id, str(path), artifact_path)
@@ -253,6 +443,8 @@ class TrialTracker:
         self.trial = trial
         self.run_id: str | None = None
         self._pending: list[Metric] = []
+        self._last_event: list[Metric] = []  # the final event's metrics, linked to the logged model
+        self._dataset: Dataset | None = None
 
     def finished_result(self) -> dict[str, float] | None:
         """The final metrics of this trial's child run if it already FINISHED under this parent."""
@@ -297,6 +489,8 @@ class TrialTracker:
                 TAG_KIND: "dense" if self.trial.is_dense else "trial",
                 TAG_TRIAL_KEY: self.trial.key,
                 TAG_STRATEGY: self.trial.schedule,
+                TAG_STRATEGY_SHORT: self.trial.schedule,  # what "Group by" in the UI lists
+                TAG_RUN_COLOR: STRATEGY_COLORS.get(self.trial.schedule, OTHER_COLOR),
                 TAG_CONFIG_KEY: self.trial.config_key,
                 "tune_prune.config": self.trial.config_label(),
             },
@@ -309,6 +503,29 @@ class TrialTracker:
 
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
+
+    def log_dataset(self, bundle: Any) -> None:
+        """The data this trial uses, as the run's MLflow dataset input (the runs table's Dataset column),
+        and as the sweep's parent run's (its row in the table, folded or not, names the data too).
+
+        Logging it again (a retry, the next trial) is harmless: MLflow keeps one input per (run, dataset).
+        """
+        from mlflow.exceptions import MlflowException
+
+        spec = self.trial.dataset
+        self._dataset = dataset_entity(spec.name, spec.load_kwargs(), bundle)
+        inputs = [DatasetInput(self._dataset, tags=[InputTag("mlflow.data.context", "train")])]
+        for attempt in range(3):
+            try:
+                for run_id in (self.run_id, self.parent_run_id):
+                    self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                # Trials starting together race to create the experiment's dataset record (a
+                # unique key); the loser finds it on the next try and only links it.
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def note_resume(self, completed_events: int) -> None:
         """Count restores on the run and remember from which event the last one resumed."""
@@ -327,7 +544,9 @@ class TrialTracker:
         ts = _now_ms()
         values = {k: v for k, v in record.metrics().items() if k != "event"}
         values["accelerator_seconds"] = record.wall_seconds * self.share
-        metrics = self._pending + [Metric(k, v, ts, record.event) for k, v in values.items()]
+        event_metrics = [Metric(k, v, ts, record.event) for k, v in values.items()]
+        self._last_event = event_metrics
+        metrics = self._pending + event_metrics
         self._pending = []
         # log_batch accepts at most 1000 metrics per call
         for i in range(0, len(metrics), 900):
@@ -352,22 +571,55 @@ class TrialTracker:
         self.client.log_batch(self.run_id, params=_params({"prunable_params": count}))
 
     def log_final_model(self, model: Any, speed: dict[str, float] | None,
-                        layers: dict[str, dict[str, float]] | None = None) -> None:
-        """The final model, whole (structured ones are a different architecture), its measured speed,
-        and where the pruning fell, layer by layer (``layer_sparsity.json``)."""
-        import tempfile
+                        layers: dict[str, dict[str, float]] | None = None) -> str:
+        """The final model as an MLflow logged model (the runs table's Models column), its measured speed,
+        and where the pruning fell, layer by layer (``layer_sparsity.json``); returns the model's id.
 
-        import torch
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / FINAL_MODEL
-            torch.save(model.to("cpu"), path)
-            self.client.log_artifact(self.run_id, str(path))
+        The model is saved whole (structured ones are a different architecture) in MLflow's
+        PyTorch format, pickled as ``torch.save`` does; ``load_final_model`` or
+        ``mlflow.pytorch.load_model("models:/<id>")`` loads it (tune_prune must be importable).
+        The final event's metrics and the speed metrics are linked to the model and the dataset,
+        so MLflow's model comparison lists them.
+        """
+        model_id = self._log_model(model.to("cpu"))
         if layers is not None:
             self.client.log_dict(self.run_id, layers, LAYER_SPARSITY)
-        if speed:
-            ts = _now_ms()
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in speed.items()])
+        ts = _now_ms()
+        link = {"model_id": model_id}
+        if self._dataset is not None:
+            link.update(dataset_name=self._dataset.name, dataset_digest=self._dataset.digest)
+        # the same key, value, timestamp and step as already logged: MLflow keeps the run's history
+        # as it is and records the values for the model
+        final = [Metric(m.key, m.value, m.timestamp, m.step, **link) for m in self._last_event
+                 if m.key in MODEL_METRICS]
+        final += [Metric(k, float(v), ts, 0, **link) for k, v in (speed or {}).items()]
+        if final:
+            self.client.log_batch(self.run_id, metrics=final)
+        return model_id
+
+    def _log_model(self, model: Any) -> str:
+        import pickle
+        import tempfile
+
+        import mlflow.pytorch
+        import torch
+
+        trial = self.trial
+        logged = self.client.create_logged_model(
+            self.experiment_id, name=logged_model_name(trial.name), source_run_id=self.run_id, model_type="pytorch",
+            params={k: str(v) for k, v in (("strategy", trial.schedule), ("target_sparsity", trial.target),
+                                           ("seed", trial.seed), ("structure", trial.structure))},
+            tags={TAG_TRIAL_KEY: trial.key, TAG_STRATEGY_SHORT: trial.schedule})
+        with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):
+            # pickle, as torch.save: MLflow's default (pt2, torch.export) needs an example input
+            # and cannot export every pruned architecture; explicit requirements skip MLflow's
+            # inference of them (seconds per model)
+            mlflow.pytorch.save_model(model, f"{tmp}/model", serialization_format="pickle", pickle_module=pickle,
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            self.client.log_model_artifacts(logged.model_id, f"{tmp}/model")
+        self.client.finalize_logged_model(logged.model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, 0)])
+        return logged.model_id
 
     def finish(self, status: str = "FINISHED", error: str | None = None, note: str | None = None) -> None:
         if self.run_id is None:
@@ -454,3 +706,31 @@ def log_artifacts(tracking_uri: str, run_id: str, files: list[Path]) -> None:
     client = _client(tracking_uri)
     for f in files:
         client.log_artifact(run_id, str(f))
+
+
+def final_model_id(tracking_uri: str, run_id: str) -> str | None:
+    """The id of the logged model a trial's run produced (None: it has none)."""
+    run = _client(tracking_uri).get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return outputs[-1].model_id if outputs else None
+
+
+def load_final_model(tracking_uri: str, run_id: str) -> Any:
+    """A trial's final model, read back from its MLflow logged model."""
+    import tempfile
+
+    import mlflow.artifacts
+    import mlflow.pytorch
+
+    model_id = final_model_id(tracking_uri, run_id)
+    if model_id is None:
+        raise LookupError(f"run {run_id} has no logged model")
+    location = _client(tracking_uri).get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=tracking_uri)
+        return mlflow.pytorch.load_model(local)
+
+
+def run_experiment_id(tracking_uri: str, run_id: str) -> str:
+    """The experiment a run belongs to."""
+    return _client(tracking_uri).get_run(run_id).info.experiment_id

@@ -150,6 +150,7 @@ def _prepare(trial: TrialSpec, ctx: TrialContext, device: torch.device, tracker:
     tracker.set_tag("tune_prune.node_id", ray.get_runtime_context().get_node_id())
     data = model_view(trial, load_dataset(trial.dataset.name, **trial.dataset.load_kwargs())).to(device)
     tracker.set_tag("tune_prune.data_storage", data.storage)
+    tracker.log_dataset(data)
     fast = fast_path_for(trial, data, device, ctx.execution)
     tracker.set_tag("tune_prune.amp", "bf16" if fast.amp else "fp32")
     tracker.set_tag("tune_prune.channels_last", str(fast.channels_last).lower())
