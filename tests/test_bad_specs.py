@@ -160,6 +160,8 @@ CASES: dict[str, tuple[Any, str]] = {
     "zero cpus": (_edit(("resources.cpu", 0)), "resources.cpu: must be a number > 0"),
     "gpu fraction above one": (_edit(("resources.gpu", 1.5)), "resources.gpu: must be a fraction <= 1"),
     "unknown criterion": (_edit(("criterion", "random")), "criterion: unknown value 'random'; accepted: "),
+    "wanda in structured mode": (_edit(("structure", "structured"), ("criterion", "wanda")),
+                                 "criterion: wanda ranks weights within each output row; structured mode"),
     "unknown structure": (_edit(("structure", "blocks")), "structure: unknown value 'blocks'; accepted: structured"),
     "unknown amp": (_edit(("execution", {"amp": "fp8"})), "execution.amp: unknown value 'fp8'; accepted: auto, bf16"),
     "channels_last as a word": (_edit(("execution", {"channels_last": "yes"})),

@@ -255,6 +255,21 @@ def gradient_statistics(
     return {n: v / seen for n, v in mean.items()}, {n: v / seen for n, v in sq.items()}
 
 
+def activation_statistics(
+    model: nn.Module, masks: MaskSet, data: Bundle, batch_size: int, generator: torch.Generator,
+    batches: int = GRADIENT_BATCHES,
+) -> dict[str, torch.Tensor]:
+    """Per prunable Linear weight, the summed squared input activations over training batches
+    (Wanda's calibration), in eval mode like ``gradient_statistics``."""
+    model.eval()
+
+    def run() -> None:
+        for xb, _ in data.batches("train", batch_size, generator, max_batches=batches):
+            model(data.prepare(xb, train=False))
+
+    return criteria.activation_sq_sums(model, masks.params, run)
+
+
 def _generator(device: torch.device, *seed_parts: int) -> torch.Generator:
     # Seeded from (trial seed, epoch counter) so a resumed trial replays the
     # same batches as an uninterrupted one.
@@ -364,15 +379,19 @@ def run_trial(
     records = []
     for i in range(start_event, n_events):
         t0 = time.perf_counter()
-        g = g2 = None
-        if criteria.get(trial.criterion).needs_gradients:
+        g = g2 = acts = None
+        crit = criteria.get(trial.criterion)
+        if crit.needs_gradients:
             # recomputed from training-set gradients before every prune event
             g, g2 = gradient_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -2, i))
+        if crit.needs_activations:
+            # Wanda's calibration, inside the event's timed cost like the gradients above
+            acts = activation_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -3, i))
         if isinstance(masks, ChannelPruner):
             masks.prune_to(schedule[i], trial.criterion, g, g2)
             fast.model(model)  # the surgery builds new, contiguous parameters
         else:
-            masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2))
+            masks.prune_to(schedule[i], scores=criteria.scores(trial.criterion, masks.params, g, g2, activations=acts))
         b = trial.budget
         cap = budget_policies.event_cap(b.epochs, b.policy, cost, i, n_events, b.max_event_epochs)
         if trial.mode == "fixed":

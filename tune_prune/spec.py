@@ -699,6 +699,9 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         frontier_rule=checked.frontier_rule,
         resolved=_frozen(raw),
     )
+    if structure == STRUCTURED and checked.criterion == "wanda":
+        raise SpecError("criterion", "wanda ranks weights within each output row; structured mode removes whole "
+                        "channels and has no rule for it: use l2_magnitude, global_magnitude, taylor or hessian_diag")
     _check_budget_fits(spec.corner_trials())
     _check_sweep_budget(spec)
     if check_data:

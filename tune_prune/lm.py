@@ -1,0 +1,92 @@
+"""Causal language models: built the way Hugging Face names them, scored by perplexity.
+
+- ``build_causal_lm``: ``AutoModelForCausalLM.from_pretrained(path or hub id)``, or
+  ``from_config`` for a model described by its config (tests, and a tiny GPT-Neo that
+  trains on a CPU). A hub id needs network access where it runs.
+- ``transformer_linears``: what gets pruned in a transformer by default: the Linear
+  layers of its attention and MLP blocks. Embeddings, layer norms and the LM head stay
+  dense (the head is usually tied to the token embedding: pruning it would prune the
+  embedding too).
+- ``evaluate_lm``: mean next-token loss over a split's blocks and its perplexity,
+  exp(loss). Perplexity is the metric: lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+#: module-name globs kept dense in a transformer unless a spec's prune.include asks for them
+LM_DENSE_BY_DEFAULT = ("lm_head", "*embed*", "*wte", "*wpe")
+
+
+def _transformers():
+    # transformers imports torchvision, which needs tune_prune's shim on CPU-only torch
+    from tune_prune._torchvision import import_torchvision
+
+    import_torchvision()
+    import transformers
+
+    return transformers
+
+
+def build_causal_lm(name: str | None = None, config: Mapping[str, Any] | None = None,
+                    model_type: str = "gpt_neo", seed: int = 0) -> nn.Module:
+    """A causal LM from a local path or hub id (``name``), or from a config (``config``, of ``model_type``)."""
+    tf = _transformers()
+    if (name is None) == (config is None):
+        raise ValueError("give exactly one of name (a local path or hub id) and config")
+    if name is not None:
+        return tf.AutoModelForCausalLM.from_pretrained(name)
+    cfg = tf.AutoConfig.for_model(model_type, **dict(config))
+    torch.manual_seed(seed)
+    return tf.AutoModelForCausalLM.from_config(cfg)
+
+
+def transformer_linears(model: nn.Module) -> list[str]:
+    """Names of the Linear layers that are prunable by default: those of attention and MLP blocks."""
+    from fnmatch import fnmatchcase
+
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and not any(fnmatchcase(n, p) or fnmatchcase(n.rsplit(".", 1)[-1], p) for p in LM_DENSE_BY_DEFAULT)]
+
+
+@dataclass(frozen=True)
+class LMEvaluation:
+    loss: float  # mean next-token cross-entropy, nats
+    perplexity: float
+    tokens: int
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> LMEvaluation:
+    """Mean next-token loss over every predicted token of ``blocks`` and its perplexity."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, blocks.shape[0], batch_size):
+        x = blocks[i:i + batch_size]
+        logits = model(input_ids=x).logits[:, :-1]
+        target = x[:, 1:]
+        total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                                   reduction="sum"))
+        count += target.numel()
+    model.train(was_training)
+    loss = total / count
+    return LMEvaluation(loss, math.exp(min(loss, 700.0)), count)
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The training loss of one batch of blocks (Hugging Face shifts the labels itself)."""
+    return model(input_ids=x, labels=x).loss
+
+
+def calibration_batches(blocks: torch.Tensor, n_batches: int, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
+    """``n_batches`` seeded random batches of training blocks (Wanda's calibration data)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_batches):
+        yield blocks[torch.randint(0, blocks.shape[0], (batch_size,), generator=g).to(blocks.device)]
