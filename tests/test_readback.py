@@ -157,3 +157,11 @@ def test_records_longer_than_one_tag_are_split_and_joined():
     assert back["events"][7] == events[7] and "patience_cut" not in back["events"][5]
     tags.pop(tr.TAG_RECORD + "abc.1")
     assert tr.decode_records(tags) == {}  # not whole: left out
+
+
+def test_sqlite_stores_are_opened_in_write_ahead_log_mode(store, tmp_path):
+    """Readers and the writer no longer exclude each other, and commits skip the fsync."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

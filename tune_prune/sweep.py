@@ -423,6 +423,9 @@ def run_sweep(
 
     with _ray_session(address, tracker):
         res = spec.resources
+        warning = sqlite_preflight(tracking_uri, address, res.cpu, res.gpu)
+        if warning:
+            _say(out, f"warning: {warning}")
 
         # Dense models: one Ray task per key missing from the cache, in parallel.
         by_key: dict[str, TrialSpec] = {}
@@ -462,6 +465,36 @@ def run_sweep(
         else:
             failed = _adaptive(spec, fit, run_name, out)
     return _finish(spec, tracker, experiment, failed, t_start)
+
+
+#: most trials at once tested against one SQLite file (tests/test_sqlite_concurrency.py runs 16;
+#: benchmarks/README.md has the figures); beyond this the sweep suggests a tracking server
+SQLITE_MAX_CONCURRENT = 64
+
+
+def sqlite_preflight(tracking_uri: str, address: str | None, cpu: float, gpu: float) -> str | None:
+    """What to use instead of a SQLite store, when this Ray cannot use one well; None if it can.
+
+    Call with Ray initialised: it counts the nodes and the trials that can run at once.
+    """
+    import ray
+
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    server = ("run an MLflow tracking server on PostgreSQL (deploy/mlflow/run_server.sh) and pass "
+              "--tracking-uri http://HOST:PORT")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        return (f"the tracking store is a SQLite file on this machine but Ray has {len(nodes)} nodes: trials on "
+                f"other machines cannot write to it; {server}")
+    total = ray.cluster_resources()
+    slots = min(total.get("CPU", 0) / cpu if cpu else float("inf"), total.get("GPU", 0) / gpu if gpu else float("inf"))
+    if slots > SQLITE_MAX_CONCURRENT:
+        return (f"up to {slots:.0f} trials at once will write to one SQLite file (tested up to "
+                f"{SQLITE_MAX_CONCURRENT}); if MLflow reports 'database is locked', {server}")
+    if address:
+        return f"the tracking store is a SQLite file while joining a Ray cluster; for more than one machine, {server}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -109,10 +109,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """
     import sqlite3
 
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cur = dbapi_connection.cursor()
+    try:
+        # the mode is stored in the file: set once (by the driver, before any trial runs)
+        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:
+        pass  # e.g. a read-only copy of a store: read it as it is
+    finally:
         cur.close()
 
 
