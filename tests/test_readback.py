@@ -16,10 +16,16 @@ from tune_prune.loop import EpochRecord, EventRecord, PretrainResult
 from tune_prune.spec import load_spec
 
 
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One SQLite file for the module (creating one costs seconds); each test has its own sweep."""
+    return tmp_path_factory.mktemp("readback") / "mlflow.db"
+
+
 @pytest.fixture()
-def store(tmp_path, quickstart_path):
+def store(db, quickstart_path):
     spec = load_spec(quickstart_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{db}"
     sweep = tr.SweepTracker(uri, "readback")
     parent = sweep.start_parent(spec, "readback-sweep", len(spec.trials()), smoke_test=False)
     return uri, sweep.experiment_id, parent, spec
@@ -159,9 +165,9 @@ def test_records_longer_than_one_tag_are_split_and_joined():
     assert tr.decode_records(tags) == {}  # not whole: left out
 
 
-def test_sqlite_stores_are_opened_in_write_ahead_log_mode(store, tmp_path):
+def test_sqlite_stores_are_opened_in_write_ahead_log_mode(store, db):
     """Readers and the writer no longer exclude each other, and commits skip the fsync."""
     import sqlite3
 
-    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+    with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
