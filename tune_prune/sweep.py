@@ -477,10 +477,17 @@ def sqlite_preflight(tracking_uri: str, address: str | None, cpu: float, gpu: fl
 
     Call with Ray initialised: it counts the nodes and the trials that can run at once.
     """
-    import ray
-
     if not tracking_uri.startswith("sqlite:"):
         return None
+    try:
+        return _sqlite_advice(address, cpu, gpu)
+    except Exception:  # noqa: BLE001 - advice only: never stop a sweep over it (e.g. a Ray client)
+        return None
+
+
+def _sqlite_advice(address: str | None, cpu: float, gpu: float) -> str | None:
+    import ray
+
     server = ("run an MLflow tracking server on PostgreSQL (deploy/mlflow/run_server.sh) and pass "
               "--tracking-uri http://HOST:PORT")
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -489,7 +496,7 @@ def sqlite_preflight(tracking_uri: str, address: str | None, cpu: float, gpu: fl
                 f"other machines cannot write to it; {server}")
     total = ray.cluster_resources()
     slots = min(total.get("CPU", 0) / cpu if cpu else float("inf"), total.get("GPU", 0) / gpu if gpu else float("inf"))
-    if slots > SQLITE_MAX_CONCURRENT:
+    if SQLITE_MAX_CONCURRENT < slots < float("inf"):
         return (f"up to {slots:.0f} trials at once will write to one SQLite file (tested up to "
                 f"{SQLITE_MAX_CONCURRENT}); if MLflow reports 'database is locked', {server}")
     if address:
