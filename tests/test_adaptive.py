@@ -126,3 +126,23 @@ def test_small_adaptive_sweep_searches_then_confirms(tmp_path, monkeypatch):
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
     row = outcome.frontier.iloc[0]
     assert row.strategy == "geometric" and row.seeds == 2
+
+
+def test_bracket_searcher_keeps_every_bracket_in_flight_and_routes_results():
+    from tune_prune.sweep import BracketSearcher
+
+    a, b = _Scripted([1, 2, 3]), _Scripted([10])
+    bases = {"a": {"bracket": {"schedule": "geometric", "target": 0.8}},
+             "b": {"bracket": {"schedule": "constant", "target": 0.9}}}
+    s = BracketSearcher({"a": a, "b": b}, bases, per_bracket=2)
+    first, second = s.suggest("t1"), s.suggest("t2")
+    # round robin: both brackets have a trial running before either gets a second one
+    assert {first["bracket"]["schedule"], second["bracket"]["schedule"]} == {"geometric", "constant"}
+    assert first["point"]["x"] in (1, 10) and "bracket" in first
+    third = s.suggest("t3")
+    assert third == {**bases["a"], "point": {"x": 2}}  # b's searcher is exhausted after one point
+    assert s.suggest("t4") == Searcher.FINISHED  # a has had its 2 samples, b said FINISHED
+    s.on_trial_complete("t3", {"val_accuracy": 0.5})
+    s.on_trial_complete("t2" if second["bracket"]["schedule"] == "constant" else "t1", {"val_accuracy": 0.6})
+    assert a.told == [("t3", {"val_accuracy": 0.5}, False)]
+    assert b.told == [("t2" if second["bracket"]["schedule"] == "constant" else "t1", {"val_accuracy": 0.6}, False)]
