@@ -146,3 +146,25 @@ def test_bracket_searcher_keeps_every_bracket_in_flight_and_routes_results():
     s.on_trial_complete("t2" if second["bracket"]["schedule"] == "constant" else "t1", {"val_accuracy": 0.6})
     assert a.told == [("t3", {"val_accuracy": 0.5}, False)]
     assert b.told == [("t2" if second["bracket"]["schedule"] == "constant" else "t1", {"val_accuracy": 0.6}, False)]
+
+
+def test_bracket_searcher_saves_and_restores_every_bracket(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_prune.sweep import BracketSearcher, NoRepeatSearcher, tune_space
+
+    def fresh():
+        space = tune_space((("rate0", (Range(0.1, 0.5),)),))
+        inner = {k: NoRepeatSearcher(OptunaSearch(space={"point": space}, metric="val_accuracy", mode="max", seed=0))
+                 for k in ("a", "b")}
+        return BracketSearcher(inner, {"a": {"bracket": "A"}, "b": {"bracket": "B"}}, per_bracket=3)
+
+    s = fresh()
+    given = [s.suggest(f"t{i}") for i in range(3)]
+    s.on_trial_complete("t0", {"val_accuracy": 0.9})
+    s.save(str(tmp_path / "searcher.pkl"))
+    back = fresh()
+    back.restore(str(tmp_path / "searcher.pkl"))
+    assert back.given == s.given == {"a": 2, "b": 1} and back.owner == s.owner
+    assert [g["bracket"] for g in given] == ["A", "B", "A"]
+    assert back.suggest("t3")["bracket"] == "B"  # the round goes on where it was

@@ -340,6 +340,23 @@ class BracketSearcher:
                 if trial_id in self.owner:
                     inner[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
 
+            def save(self, checkpoint_path: str) -> None:
+                """Tune's experiment snapshot: each bracket's searcher beside our own counters."""
+                import pickle
+
+                for i, key in enumerate(self.order):
+                    inner[key].save(f"{checkpoint_path}.{i}")
+                with open(checkpoint_path, "wb") as f:
+                    pickle.dump((self.given, self.finished, self.owner, self.turn), f)
+
+            def restore(self, checkpoint_path: str) -> None:
+                import pickle
+
+                for i, key in enumerate(self.order):
+                    inner[key].restore(f"{checkpoint_path}.{i}")
+                with open(checkpoint_path, "rb") as f:
+                    self.given, self.finished, self.owner, self.turn = pickle.load(f)
+
         return _Brackets()
 
 
