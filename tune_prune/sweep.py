@@ -199,26 +199,6 @@ class _Fitter:
                          search_alg=BracketSearcher(searchers, bases, s.num_samples),
                          scheduler=BracketScheduler(schedulers))
 
-    def search(self, name: str, schedule: str, target: float, space: dict[str, Any], seed: int) -> list[str]:
-        import math
-
-        from ray.tune.schedulers import ASHAScheduler
-        from ray.tune.search.optuna import OptunaSearch
-
-        s = self.spec.search
-        base = TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict()
-        return self._run(
-            name,
-            {"base": base, "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": space},
-            metric="val_accuracy",
-            mode="max",
-            num_samples=s.num_samples,
-            search_alg=NoRepeatSearcher(OptunaSearch(seed=seed)),
-            scheduler=ASHAScheduler(time_attr="milestone", max_t=-math.log2(1.0 - target),
-                                    grace_period=min(s.grace_period, -math.log2(1.0 - target)),
-                                    reduction_factor=s.reduction_factor),
-        )
-
 
 def tune_space(grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
     """A strategy's knobs as a Ray Tune search space: ranges, choices and constants."""
