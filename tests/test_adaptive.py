@@ -168,3 +168,11 @@ def test_bracket_searcher_saves_and_restores_every_bracket(tmp_path):
     assert back.given == s.given == {"a": 2, "b": 1} and back.owner == s.owner
     assert [g["bracket"] for g in given] == ["A", "B", "A"]
     assert back.suggest("t3")["bracket"] == "B"  # the round goes on where it was
+
+
+def test_bracket_searcher_keeps_a_brackets_constant_knobs():
+    """Optuna returns only what it samples; the bracket's fixed knobs must reach the trial."""
+    from tune_prune.sweep import BracketSearcher
+
+    s = BracketSearcher({"h": _Scripted([0.3])}, {"h": {"bracket": "H", "point": {"rate0": 0.1, "patience": 2}}}, 1)
+    assert s.suggest("t1") == {"bracket": "H", "point": {"rate0": 0.1, "patience": 2, "x": 0.3}}

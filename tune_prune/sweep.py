@@ -184,17 +184,22 @@ class _Fitter:
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.optuna import OptunaSearch
 
+        from ray.tune.search.sample import Domain
+
         s = self.spec.search
         searchers, schedulers, bases = {}, {}, {}
         for schedule, target, space in brackets:
             key = _bracket_key(schedule, target)
-            searchers[key] = NoRepeatSearcher(OptunaSearch(space={"point": space}, metric="val_accuracy",
+            # Optuna returns only what it samples: the constant knobs go with the bracket's base
+            sampled = {k: v for k, v in space.items() if isinstance(v, Domain)}
+            fixed = {k: v for k, v in space.items() if not isinstance(v, Domain)}
+            searchers[key] = NoRepeatSearcher(OptunaSearch(space={"point": sampled}, metric="val_accuracy",
                                                            mode="max", seed=seed))
             schedulers[key] = ASHAScheduler(time_attr="milestone", max_t=-math.log2(1.0 - target),
                                             grace_period=min(s.grace_period, -math.log2(1.0 - target)),
                                             reduction_factor=s.reduction_factor)
             bases[key] = {"base": TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict(),
-                          "bracket": {"schedule": schedule, "target": target, "seed": seed}}
+                          "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": fixed}
         return self._run(name, {}, metric="val_accuracy", mode="max", num_samples=s.num_samples * len(brackets),
                          search_alg=BracketSearcher(searchers, bases, s.num_samples),
                          scheduler=BracketScheduler(schedulers))
@@ -308,7 +313,8 @@ class BracketSearcher:
                         continue
                     self.given[key] += 1
                     self.owner[trial_id] = key
-                    return {**bases[key], **cfg}
+                    # the bracket's constant knobs under the sampled ones
+                    return {**bases[key], **cfg, "point": {**bases[key].get("point", {}), **cfg.get("point", {})}}
                 done = all(k in self.finished or self.given[k] >= per_bracket for k in self.order)
                 return Searcher.FINISHED if done else None
 
