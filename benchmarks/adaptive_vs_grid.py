@@ -30,6 +30,8 @@ from tune_prune.sweep import run_sweep
 from tune_prune.tracking import USABLE_STATUSES, load_records, resolve_tracking_uri
 
 GOAL = 0.40
+#: issue 13: the adaptive sweep's wall time <= 1.25 x (its share of the grid's epochs) x the grid's wall time
+WALL_GOAL = 1.25
 
 
 def _epochs_by_target(records) -> dict[float, float]:
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{total_a:>8.0f} | {total_a / total_g if total_g else float('nan'):>5.2f} |")
     print("* the grid's own winner is not statistically distinguishable from its runner-up with these seeds,"
           " so a different adaptive winner there is within noise")
+    share = total_a / total_g if total_g else float("nan")
+    allowed = WALL_GOAL * share * grid_wall
+    print(f"wall time: adaptive {ad_wall:.0f}s vs {WALL_GOAL:g} x its epoch share {share:.2f} x grid {grid_wall:.0f}s"
+          f" = {allowed:.0f}s: {'PASS' if ad_wall <= allowed else 'MISS'} ({ad_wall / (share * grid_wall):.2f}x)")
     return 0 if met == len(grid_spec.target_sparsities) else 1
 
 

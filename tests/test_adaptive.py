@@ -126,3 +126,53 @@ def test_small_adaptive_sweep_searches_then_confirms(tmp_path, monkeypatch):
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
     row = outcome.frontier.iloc[0]
     assert row.strategy == "geometric" and row.seeds == 2
+
+
+def test_bracket_searcher_keeps_every_bracket_in_flight_and_routes_results():
+    from tune_prune.sweep import BracketSearcher
+
+    a, b = _Scripted([1, 2, 3]), _Scripted([10])
+    bases = {"a": {"bracket": {"schedule": "geometric", "target": 0.8}},
+             "b": {"bracket": {"schedule": "constant", "target": 0.9}}}
+    s = BracketSearcher({"a": a, "b": b}, bases, per_bracket=2)
+    first, second = s.suggest("t1"), s.suggest("t2")
+    # round robin: both brackets have a trial running before either gets a second one
+    assert {first["bracket"]["schedule"], second["bracket"]["schedule"]} == {"geometric", "constant"}
+    assert first["point"]["x"] in (1, 10) and "bracket" in first
+    third = s.suggest("t3")
+    assert third == {**bases["a"], "point": {"x": 2}}  # b's searcher is exhausted after one point
+    assert s.suggest("t4") == Searcher.FINISHED  # a has had its 2 samples, b said FINISHED
+    s.on_trial_complete("t3", {"val_accuracy": 0.5})
+    s.on_trial_complete("t2" if second["bracket"]["schedule"] == "constant" else "t1", {"val_accuracy": 0.6})
+    assert a.told == [("t3", {"val_accuracy": 0.5}, False)]
+    assert b.told == [("t2" if second["bracket"]["schedule"] == "constant" else "t1", {"val_accuracy": 0.6}, False)]
+
+
+def test_bracket_searcher_saves_and_restores_every_bracket(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_prune.sweep import BracketSearcher, NoRepeatSearcher, tune_space
+
+    def fresh():
+        space = tune_space((("rate0", (Range(0.1, 0.5),)),))
+        inner = {k: NoRepeatSearcher(OptunaSearch(space={"point": space}, metric="val_accuracy", mode="max", seed=0))
+                 for k in ("a", "b")}
+        return BracketSearcher(inner, {"a": {"bracket": "A"}, "b": {"bracket": "B"}}, per_bracket=3)
+
+    s = fresh()
+    given = [s.suggest(f"t{i}") for i in range(3)]
+    s.on_trial_complete("t0", {"val_accuracy": 0.9})
+    s.save(str(tmp_path / "searcher.pkl"))
+    back = fresh()
+    back.restore(str(tmp_path / "searcher.pkl"))
+    assert back.given == s.given == {"a": 2, "b": 1} and back.owner == s.owner
+    assert [g["bracket"] for g in given] == ["A", "B", "A"]
+    assert back.suggest("t3")["bracket"] == "B"  # the round goes on where it was
+
+
+def test_bracket_searcher_keeps_a_brackets_constant_knobs():
+    """Optuna returns only what it samples; the bracket's fixed knobs must reach the trial."""
+    from tune_prune.sweep import BracketSearcher
+
+    s = BracketSearcher({"h": _Scripted([0.3])}, {"h": {"bracket": "H", "point": {"rate0": 0.1, "patience": 2}}}, 1)
+    assert s.suggest("t1") == {"bracket": "H", "point": {"rate0": 0.1, "patience": 2, "x": 0.3}}

@@ -214,7 +214,7 @@ def _load_sweep(args: argparse.Namespace):
 
     uri = resolve_tracking_uri(args.tracking_uri)
     run = find_sweep_run(uri, args.experiment, args.run_id)
-    records = load_records(uri, run.info.experiment_id, run.info.run_id)
+    records = load_records(uri, run.info.experiment_id, run.info.run_id, parent_run=run)
     return uri, run, records[records["status"].isin(USABLE_STATUSES)]
 
 

@@ -175,25 +175,34 @@ class _Fitter:
             return []
         return self._run(name, {"trial": tune.grid_search([t.to_dict() for t in trials])})
 
-    def search(self, name: str, schedule: str, target: float, space: dict[str, Any], seed: int) -> list[str]:
+    def search_all(self, name: str, brackets: list[tuple[str, float, dict[str, Any]]], seed: int) -> list[str]:
+        """Every (schedule, target, space) bracket in one Tuner, so all of them fill the cluster
+        at once. Each bracket keeps its own Optuna sampler (seeded as before) and its own ASHA
+        rungs (max_t from its target); results are routed to them by the trial's bracket."""
         import math
 
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.optuna import OptunaSearch
 
+        from ray.tune.search.sample import Domain
+
         s = self.spec.search
-        base = TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict()
-        return self._run(
-            name,
-            {"base": base, "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": space},
-            metric="val_accuracy",
-            mode="max",
-            num_samples=s.num_samples,
-            search_alg=NoRepeatSearcher(OptunaSearch(seed=seed)),
-            scheduler=ASHAScheduler(time_attr="milestone", max_t=-math.log2(1.0 - target),
-                                    grace_period=min(s.grace_period, -math.log2(1.0 - target)),
-                                    reduction_factor=s.reduction_factor),
-        )
+        searchers, schedulers, bases = {}, {}, {}
+        for schedule, target, space in brackets:
+            key = _bracket_key(schedule, target)
+            # Optuna returns only what it samples: the constant knobs go with the bracket's base
+            sampled = {k: v for k, v in space.items() if isinstance(v, Domain)}
+            fixed = {k: v for k, v in space.items() if not isinstance(v, Domain)}
+            searchers[key] = NoRepeatSearcher(OptunaSearch(space={"point": sampled}, metric="val_accuracy",
+                                                           mode="max", seed=seed))
+            schedulers[key] = ASHAScheduler(time_attr="milestone", max_t=-math.log2(1.0 - target),
+                                            grace_period=min(s.grace_period, -math.log2(1.0 - target)),
+                                            reduction_factor=s.reduction_factor)
+            bases[key] = {"base": TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict(),
+                          "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": fixed}
+        return self._run(name, {}, metric="val_accuracy", mode="max", num_samples=s.num_samples * len(brackets),
+                         search_alg=BracketSearcher(searchers, bases, s.num_samples),
+                         scheduler=BracketScheduler(schedulers))
 
 
 def tune_space(grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
@@ -227,6 +236,7 @@ def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> li
     from ray.tune.search.sample import Domain
 
     fixed: list[TrialSpec] = []
+    brackets: list[tuple[str, float, dict[str, Any]]] = []
     for strat in spec.strategies:
         space = tune_space(strat.grid)
         if not any(isinstance(v, Domain) for v in space.values()):
@@ -234,22 +244,145 @@ def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> li
             fixed += [make_trial(spec.base(), strat.schedule, dict(space), t, seed)
                       for t in spec.target_sparsities for seed in spec.seeds]
             continue
-        for target in spec.target_sparsities:
-            name = f"{run_name}-{strat.schedule}-s{target:g}"
-            _say(out, f"search {strat.schedule} at {target:g}: up to {spec.search.num_samples} samples on seed {search_seed}")
-            failed += fit.search(name, strat.schedule, target, space, search_seed)
+        brackets += [(strat.schedule, target, space) for target in spec.target_sparsities]
+    if brackets:
+        _say(out, f"search: {len(brackets)} brackets at once, up to {spec.search.num_samples} samples each "
+                  f"on seed {search_seed}")
+        failed += fit.search_all(f"{run_name}-search", brackets, search_seed)
+        for schedule, target, _ in brackets:
             done = [r for r in fit.last_grid
-                    if r.error is None and r.metrics and r.metrics.get("event") == r.metrics.get("n_events")]
+                    if r.error is None and r.metrics and r.metrics.get("event") == r.metrics.get("n_events")
+                    and _bracket_key(r.config["bracket"]["schedule"], r.config["bracket"]["target"])
+                    == _bracket_key(schedule, target)]
             done.sort(key=lambda r: (-r.metrics["val_accuracy"], r.metrics["cost_epochs"]))
             for r in done[: spec.search.confirm_top]:
                 point = dict(r.config["point"])
                 for seed in other_seeds:
-                    confirm.append(make_trial(spec.base(), strat.schedule, point, target, seed))
+                    confirm.append(make_trial(spec.base(), schedule, point, target, seed))
     if confirm or fixed:
         _say(out, f"confirming the best configurations on seeds {list(other_seeds)} ({len(confirm)} trials)"
                   + (f" and running {len(fixed)} trials of strategies with nothing to search" if fixed else ""))
         failed += fit.grid(confirm + fixed, f"{run_name}-confirm")
     return failed
+
+
+def _bracket_key(schedule: str, target: float) -> str:
+    return f"{schedule}@{float(target)!r}"
+
+
+def _trial_bracket(trial) -> str:
+    b = trial.config["bracket"]
+    return _bracket_key(b["schedule"], b["target"])
+
+
+class BracketSearcher:
+    """One Ray Tune searcher over several brackets, each with its own inner searcher.
+
+    Suggestions go round the brackets that still have samples left, so all of them are in
+    flight together; each result goes back to the bracket that suggested the trial. A
+    bracket is done after ``per_bracket`` suggestions or when its searcher says FINISHED.
+    """
+
+    def __new__(cls, inner: dict[str, Any], bases: dict[str, dict[str, Any]], per_bracket: int):
+        from ray.tune.search import Searcher
+
+        class _Brackets(Searcher):
+            def __init__(self) -> None:
+                super().__init__(metric="val_accuracy", mode="max")
+                self.order = list(inner)
+                self.given = dict.fromkeys(inner, 0)
+                self.finished: set[str] = set()
+                self.owner: dict[str, str] = {}
+                self.turn = 0
+
+            def set_search_properties(self, metric, mode, config, **spec) -> bool:
+                self._metric, self._mode = metric, mode
+                return True  # each inner searcher already has its own space
+
+            def suggest(self, trial_id: str):
+                for _ in range(len(self.order)):
+                    key = self.order[self.turn % len(self.order)]
+                    self.turn += 1
+                    if key in self.finished or self.given[key] >= per_bracket:
+                        continue
+                    cfg = inner[key].suggest(trial_id)
+                    if cfg == Searcher.FINISHED:
+                        self.finished.add(key)
+                        continue
+                    if cfg is None:  # that bracket waits for results; try the next
+                        continue
+                    self.given[key] += 1
+                    self.owner[trial_id] = key
+                    # the bracket's constant knobs under the sampled ones
+                    return {**bases[key], **cfg, "point": {**bases[key].get("point", {}), **cfg.get("point", {})}}
+                done = all(k in self.finished or self.given[k] >= per_bracket for k in self.order)
+                return Searcher.FINISHED if done else None
+
+            def on_trial_result(self, trial_id: str, result: dict) -> None:
+                if trial_id in self.owner:
+                    inner[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+            def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+                if trial_id in self.owner:
+                    inner[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+            def save(self, checkpoint_path: str) -> None:
+                """Tune's experiment snapshot: each bracket's searcher beside our own counters."""
+                import pickle
+
+                for i, key in enumerate(self.order):
+                    inner[key].save(f"{checkpoint_path}.{i}")
+                with open(checkpoint_path, "wb") as f:
+                    pickle.dump((self.given, self.finished, self.owner, self.turn), f)
+
+            def restore(self, checkpoint_path: str) -> None:
+                import pickle
+
+                for i, key in enumerate(self.order):
+                    inner[key].restore(f"{checkpoint_path}.{i}")
+                with open(checkpoint_path, "rb") as f:
+                    self.given, self.finished, self.owner, self.turn = pickle.load(f)
+
+        return _Brackets()
+
+
+class BracketScheduler:
+    """Routes each trial to its bracket's own scheduler (ASHA rungs per target)."""
+
+    def __new__(cls, inner: dict[str, Any]):
+        from ray.tune.schedulers import TrialScheduler
+
+        class _Brackets(TrialScheduler):
+            def __init__(self) -> None:
+                super().__init__()
+                self.any = next(iter(inner.values()))
+
+            def set_search_properties(self, metric, mode, **spec) -> bool:
+                self._metric, self._mode = metric, mode
+                return all(s.set_search_properties(metric, mode, **spec) for s in inner.values())
+
+            def on_trial_add(self, tune_controller, trial) -> None:
+                inner[_trial_bracket(trial)].on_trial_add(tune_controller, trial)
+
+            def on_trial_error(self, tune_controller, trial) -> None:
+                inner[_trial_bracket(trial)].on_trial_error(tune_controller, trial)
+
+            def on_trial_result(self, tune_controller, trial, result):
+                return inner[_trial_bracket(trial)].on_trial_result(tune_controller, trial, result)
+
+            def on_trial_complete(self, tune_controller, trial, result) -> None:
+                inner[_trial_bracket(trial)].on_trial_complete(tune_controller, trial, result)
+
+            def on_trial_remove(self, tune_controller, trial) -> None:
+                inner[_trial_bracket(trial)].on_trial_remove(tune_controller, trial)
+
+            def choose_trial_to_run(self, tune_controller):
+                return self.any.choose_trial_to_run(tune_controller)  # the same FIFO choice in every bracket
+
+            def debug_string(self) -> str:
+                return "; ".join(f"{k}: {s.debug_string()}" for k, s in inner.items())
+
+        return _Brackets()
 
 
 class NoRepeatSearcher:
@@ -423,6 +556,9 @@ def run_sweep(
 
     with _ray_session(address, tracker):
         res = spec.resources
+        warning = sqlite_preflight(tracking_uri, address, res.cpu, res.gpu)
+        if warning:
+            _say(out, f"warning: {warning}")
 
         # Dense models: one Ray task per key missing from the cache, in parallel.
         by_key: dict[str, TrialSpec] = {}
@@ -462,6 +598,43 @@ def run_sweep(
         else:
             failed = _adaptive(spec, fit, run_name, out)
     return _finish(spec, tracker, experiment, failed, t_start)
+
+
+#: most trials at once tested against one SQLite file (tests/test_sqlite_concurrency.py runs 16;
+#: benchmarks/README.md has the figures); beyond this the sweep suggests a tracking server
+SQLITE_MAX_CONCURRENT = 64
+
+
+def sqlite_preflight(tracking_uri: str, address: str | None, cpu: float, gpu: float) -> str | None:
+    """What to use instead of a SQLite store, when this Ray cannot use one well; None if it can.
+
+    Call with Ray initialised: it counts the nodes and the trials that can run at once.
+    """
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    try:
+        return _sqlite_advice(address, cpu, gpu)
+    except Exception:  # noqa: BLE001 - advice only: never stop a sweep over it (e.g. a Ray client)
+        return None
+
+
+def _sqlite_advice(address: str | None, cpu: float, gpu: float) -> str | None:
+    import ray
+
+    server = ("run an MLflow tracking server on PostgreSQL (deploy/mlflow/run_server.sh) and pass "
+              "--tracking-uri http://HOST:PORT")
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        return (f"the tracking store is a SQLite file on this machine but Ray has {len(nodes)} nodes: trials on "
+                f"other machines cannot write to it; {server}")
+    total = ray.cluster_resources()
+    slots = min(total.get("CPU", 0) / cpu if cpu else float("inf"), total.get("GPU", 0) / gpu if gpu else float("inf"))
+    if SQLITE_MAX_CONCURRENT < slots < float("inf"):
+        return (f"up to {slots:.0f} trials at once will write to one SQLite file (tested up to "
+                f"{SQLITE_MAX_CONCURRENT}); if MLflow reports 'database is locked', {server}")
+    if address:
+        return f"the tracking store is a SQLite file while joining a Ray cluster; for more than one machine, {server}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,17 @@ TAG_RUN_COLOR = "mlflow.runColor"
 STRATEGY_COLORS = {"one_shot": "#1f77b4", "constant": "#ff7f0e", "geometric": "#2ca02c", "hybrid": "#d62728",
                    "dense": "#000000"}
 OTHER_COLOR = "#7f7f7f"
+#: Read-back records. Besides its own child run, each trial keeps one record on the sweep's
+#: parent run: its status, identity and per-event EVENT_METRICS (and SPEED_METRICS), as JSON
+#: in tags named TAG_RECORD + trial key, rewritten at every event and when the trial ends.
+#: Reading a sweep back is then one get_run of the parent, whatever the number of trials
+#: (the child runs' metric histories stay what the MLflow UI charts). A record is
+#: "v1:<chunks>" in TAG_RECORD<key>, its JSON split over TAG_RECORD<key>.0 .. .<chunks-1>:
+#: MLflow silently truncates a tag value beyond 8,000 characters.
+TAG_RECORD = "tune_prune.record."
+#: on a parent run whose trials all keep records; sweeps without it are read from histories
+TAG_RECORDS_FORMAT = "tune_prune.records"
+RECORD_CHUNK_CHARS = 7900
 
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
                  "param_sparsity", "mac_sparsity", "patience_cut")
@@ -113,6 +124,43 @@ def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) 
     return uri
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection this process opens: write-ahead log, sync at checkpoints only.
+
+    MLflow commits each call in its own transaction; in SQLite's default rollback-journal
+    mode every commit waits for fsync (tens of ms here) and holds out readers. With WAL,
+    readers and the one writer proceed together, and synchronous=NORMAL drops the per-commit
+    fsync while staying safe against crashes of the writing process (a power cut may lose
+    the last commits, never corrupt the file). WAL needs all writers on one machine, which
+    a SQLite store needs anyway.
+    """
+    import sqlite3
+
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cur = dbapi_connection.cursor()
+    try:
+        # the mode is stored in the file: set once (by the driver, before any trial runs)
+        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:
+        pass  # e.g. a read-only copy of a store: read it as it is
+    finally:
+        cur.close()
+
+
+def _install_sqlite_pragmas() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_pragmas):
+        event.listen(Engine, "connect", _sqlite_pragmas)
+
+
+_install_sqlite_pragmas()
+
+
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
@@ -144,6 +192,46 @@ def _params(d: dict[str, Any]) -> list[Param]:
         if len(text) > MAX_PARAM_CHARS:
             text = text[: MAX_PARAM_CHARS - 20] + "...(see artifact)"
         out.append(Param(k, text))
+    return out
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or v != v else v
+
+
+def encode_record(trial_key: str, record: dict[str, Any]) -> dict[str, str]:
+    """A trial's read-back record -> the parent-run tags that carry it (see TAG_RECORD).
+
+    ``record``: run_id, status, trial_name, strategy, config_key, config, target_sparsity,
+    seed, events ({event: {metric: value}}) and speed ({metric: value}). NaN is written as null.
+    """
+    doc = {k: v for k, v in record.items() if k not in ("events", "speed")}
+    doc["keys"] = list(EVENT_METRICS)
+    doc["rows"] = [[e, *[_finite(vals.get(k)) for k in EVENT_METRICS]] for e, vals in sorted(record["events"].items())]
+    doc["speed"] = {k: _finite(v) for k, v in (record.get("speed") or {}).items()}
+    text = json.dumps(doc, separators=(",", ":"))
+    chunks = [text[i:i + RECORD_CHUNK_CHARS] for i in range(0, len(text), RECORD_CHUNK_CHARS)]
+    head = TAG_RECORD + trial_key
+    return {head: f"v1:{len(chunks)}", **{f"{head}.{i}": c for i, c in enumerate(chunks)}}
+
+
+def decode_records(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """trial key -> record (as encode_record takes it) for every readable record in ``tags``.
+
+    A record whose chunks do not add up (not written whole) is left out."""
+    out = {}
+    for name, head in tags.items():
+        if not name.startswith(TAG_RECORD) or not head.startswith("v1:"):
+            continue
+        try:
+            doc = json.loads("".join(tags[f"{name}.{i}"] for i in range(int(head[3:]))))
+            keys = doc.pop("keys")
+            doc["events"] = {int(r[0]): {k: float(v) for k, v in zip(keys, r[1:]) if v is not None}
+                             for r in doc.pop("rows")}
+            doc["speed"] = {k: float(v) for k, v in doc["speed"].items() if v is not None}
+        except (KeyError, ValueError, TypeError, IndexError):
+            continue
+        out[name[len(TAG_RECORD):]] = doc
     return out
 
 
@@ -335,7 +423,7 @@ class SweepTracker:
             self.experiment_id,
             run_name=run_name,
             tags={TAG_KIND: "sweep", "tune_prune.spec_name": spec.name, "tune_prune.smoke_test": str(smoke_test),
-                  TAG_FRONTIER_RULE: spec.frontier_rule},
+                  TAG_FRONTIER_RULE: spec.frontier_rule, TAG_RECORDS_FORMAT: "v1"},
         )
         self.parent_run_id = run.info.run_id
         self.publish_view()
@@ -445,6 +533,11 @@ class TrialTracker:
         self._pending: list[Metric] = []
         self._last_event: list[Metric] = []  # the final event's metrics, linked to the logged model
         self._dataset: Dataset | None = None
+        # this trial's read-back record on the parent run (TAG_RECORD), rewritten per event
+        self._events: dict[int, dict[str, float]] = {}
+        self._speed: dict[str, float] = {}
+        self._found: Any = False  # the run _existing() found (False: not looked up yet)
+        self._pending_params: dict[str, Any] = {}  # sent with the next batch
 
     def finished_result(self) -> dict[str, float] | None:
         """The final metrics of this trial's child run if it already FINISHED under this parent."""
@@ -454,12 +547,26 @@ class TrialTracker:
         return dict(existing.data.metrics)
 
     def _existing(self):
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL_KEY}` = '{self.trial.key}'",
-            max_results=1,
-        )
-        return runs[0] if runs else None
+        # One search per trial: finished_result() and start() ask the same question back to back.
+        if self._found is False:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL_KEY}` = '{self.trial.key}'",
+                max_results=1,
+            )
+            self._found = runs[0] if runs else None
+        return self._found
+
+    def _write_record(self, status: str) -> None:
+        """Rewrite this trial's record on the parent run. Written before the child run's own
+        metrics and status: a crash in between leaves the record ahead, and the retry, which
+        re-logs from the child run's history, rewrites it."""
+        record = {"run_id": self.run_id, "status": status, "trial_name": self.trial.name,
+                  "strategy": self.trial.schedule, "config_key": self.trial.config_key,
+                  "config": self.trial.config_label(), "target_sparsity": float(self.trial.target),
+                  "seed": int(self.trial.seed), "events": self._events, "speed": self._speed}
+        tags = encode_record(self.trial.key, record)
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def _params(self) -> dict[str, Any]:
         params = trial_params(self.trial)
@@ -480,7 +587,13 @@ class TrialTracker:
             if not existing.data.params:
                 self.client.log_batch(self.run_id, params=_params(self._params()))
             history = self.client.get_metric_history(self.run_id, "sparsity")
-            return max((m.step for m in history), default=0)
+            logged = max((m.step for m in history), default=0)
+            if logged:  # carry on with the record the parent holds (or rebuild it if it has none)
+                mine = decode_records(self.client.get_run(self.parent_run_id).data.tags).get(self.trial.key)
+                self._events = mine["events"] if mine else _events_from_history(self.client, self.run_id)
+                self._events = {e: v for e, v in self._events.items() if e <= logged}
+                self._write_record("RUNNING")  # as the reopened run says
+            return logged
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.trial.name,
@@ -496,8 +609,10 @@ class TrialTracker:
             },
         )
         self.run_id = run.info.run_id
-        self.client.log_batch(self.run_id, params=_params(self._params()))
-        if not self.trial.is_dense:
+        params = _params(self._params())
+        self.client.log_batch(self.run_id, params=params)
+        if not self.trial.is_dense and any(p.key == "sparsities" and p.value.endswith("(see artifact)") for p in params):
+            # only when the param could not hold the whole list
             self.client.log_dict(self.run_id, {"sparsities": list(self.trial.sparsities)}, "schedule.json")
         return 0
 
@@ -527,6 +642,10 @@ class TrialTracker:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Several tags in one request."""
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def note_resume(self, completed_events: int) -> None:
         """Count restores on the run and remember from which event the last one resumed."""
         run = self.client.get_run(self.run_id)
@@ -540,35 +659,50 @@ class TrialTracker:
         for key in ("train_loss", "val_accuracy", "val_loss"):
             self._pending.append(Metric(f"epoch_{key}", float(getattr(record, key)), ts, record.global_epoch))
 
-    def log_event(self, record: EventRecord) -> None:
+    def log_event(self, record: EventRecord, totals: bool = False) -> None:
+        """The event's metrics (and the buffered epochs'); ``totals``: the trial's totals too
+        (its last event), in the same request."""
         ts = _now_ms()
         values = {k: v for k, v in record.metrics().items() if k != "event"}
         values["accelerator_seconds"] = record.wall_seconds * self.share
         event_metrics = [Metric(k, v, ts, record.event) for k, v in values.items()]
         self._last_event = event_metrics
         metrics = self._pending + event_metrics
+        if totals:
+            metrics += self._totals(record, ts)
         self._pending = []
+        self._events[record.event] = {k: v for k, v in values.items() if k in EVENT_METRICS}
+        self._write_record("RUNNING")
         # log_batch accepts at most 1000 metrics per call
         for i in range(0, len(metrics), 900):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 900])
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 900], params=self._take_params())
+
+    def _take_params(self) -> list[Param]:
+        params, self._pending_params = _params(self._pending_params), {}
+        return params
 
     def log_dense(self, val_accuracy: float, test_accuracy: float, pretrain: PretrainResult) -> None:
         ts = _now_ms()
         values = {"sparsity": 0.0, "val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
                   "cost_epochs": 0.0, "wall_seconds": 0.0, "accelerator_seconds": 0.0,
                   "pretrain_epochs": pretrain.epochs, "pretrain_wall_seconds": pretrain.wall_seconds}
+        self._events[0] = {k: float(v) for k, v in values.items() if k in EVENT_METRICS}
+        self._write_record("RUNNING")
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()])
+
+    def _totals(self, record: EventRecord, ts: int) -> list[Metric]:
+        totals = {"total_cost_epochs": record.cost_epochs, "total_wall_seconds": record.wall_seconds,
+                  "total_accelerator_seconds": record.wall_seconds * self.share}
+        return [Metric(k, float(v), ts, 0) for k, v in totals.items()]
 
     def log_totals(self, record: EventRecord) -> None:
         """Trial totals as plain run metrics, for the runs table and sorting in the UI."""
-        ts = _now_ms()
-        totals = {"total_cost_epochs": record.cost_epochs, "total_wall_seconds": record.wall_seconds,
-                  "total_accelerator_seconds": record.wall_seconds * self.share}
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in totals.items()])
+        self.client.log_batch(self.run_id, metrics=self._totals(record, _now_ms()))
 
     def log_prunable(self, count: int) -> None:
-        """How many weights the sparsities are fractions of (after prune.include/exclude)."""
-        self.client.log_batch(self.run_id, params=_params({"prunable_params": count}))
+        """How many weights the sparsities are fractions of (after prune.include/exclude); sent
+        with the next event's metrics, or at the latest when the trial ends."""
+        self._pending_params["prunable_params"] = count
 
     def log_final_model(self, model: Any, speed: dict[str, float] | None,
                         layers: dict[str, dict[str, float]] | None = None) -> str:
@@ -584,6 +718,7 @@ class TrialTracker:
         model_id = self._log_model(model.to("cpu"))
         if layers is not None:
             self.client.log_dict(self.run_id, layers, LAYER_SPARSITY)
+        self._speed = {k: float(v) for k, v in (speed or {}).items()}  # for the read-back record
         ts = _now_ms()
         link = {"model_id": model_id}
         if self._dataset is not None:
@@ -624,6 +759,10 @@ class TrialTracker:
     def finish(self, status: str = "FINISHED", error: str | None = None, note: str | None = None) -> None:
         if self.run_id is None:
             return
+        if self._events:
+            self._write_record(status)
+        if self._pending_params:
+            self.client.log_batch(self.run_id, params=self._take_params())
         if error:
             self.client.set_tag(self.run_id, "tune_prune.error", error[:5000])
         if note:
@@ -655,6 +794,7 @@ def find_sweep_run(tracking_uri: str, experiment_name: str, run_id: str | None =
 
 
 def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of a sweep, with its tags, params and latest metrics."""
     client = _client(tracking_uri)
     out, token = [], None
     while True:
@@ -666,39 +806,62 @@ def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
             return out
 
 
-def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str) -> pd.DataFrame:
-    """One row per (trial, prune event) from the child runs' metric histories.
+def _events_from_history(client: MlflowClient, run_id: str) -> dict[int, dict[str, float]]:
+    """Per-event records from a child run's metric histories: one request per metric."""
+    per_step: dict[int, dict[str, float]] = {}
+    for key in EVENT_METRICS:
+        for m in client.get_metric_history(run_id, key):
+            per_step.setdefault(m.step, {})[key] = m.value
+    return per_step
+
+
+def _records_from_histories(tracking_uri: str, experiment_id: str, parent_run_id: str) -> dict[str, dict[str, Any]]:
+    """Records of a sweep whose parent carries none (run before TAG_RECORD existed): from the
+    child runs' metric histories, one request per run and metric."""
+    client = _client(tracking_uri)
+    out = {}
+    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
+        tags, params = run.data.tags, run.data.params
+        out[tags.get(TAG_TRIAL_KEY)] = {
+            "run_id": run.info.run_id, "status": run.info.status, "trial_name": run.info.run_name,
+            "strategy": tags.get(TAG_STRATEGY), "config_key": tags.get(TAG_CONFIG_KEY),
+            "config": tags.get("tune_prune.config", ""),
+            "target_sparsity": float(params.get("target_sparsity", "nan")), "seed": int(params.get("seed", -1)),
+            "events": _events_from_history(client, run.info.run_id),
+            "speed": {k: v for k, v in run.data.metrics.items() if k in SPEED_METRICS}}
+    return out
+
+
+RECORD_COLUMNS = ["run_id", "status", "trial_name", "trial_key", "strategy", "config_key", "config",
+                  "target_sparsity", "seed", "event", *EVENT_METRICS, *SPEED_METRICS]
+
+
+def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str, parent_run: Any = None) -> pd.DataFrame:
+    """One row per (trial, prune event) of a sweep, ordered by trial key and event.
+
+    From the trials' records on the parent run (TAG_RECORD): one request (none when the
+    caller passes the ``parent_run`` it already fetched, e.g. from find_sweep_run), however
+    many trials. A sweep whose parent has no records (made before they existed) is read
+    from its child runs' metric histories instead.
 
     Columns: run_id, status, trial_name, trial_key, strategy, config_key, config, target_sparsity,
     seed, event, then EVENT_METRICS per event and SPEED_METRICS (the run's final-model
     timings, repeated on each of its rows; NaN where not measured).
     """
-    client = _client(tracking_uri)
+    parent = parent_run if parent_run is not None else _client(tracking_uri).get_run(parent_run_id)
+    if parent.data.tags.get(TAG_RECORDS_FORMAT) == "v1":
+        records = decode_records(parent.data.tags)
+    else:
+        records = _records_from_histories(tracking_uri, experiment_id, parent_run_id)
+    nan = float("nan")
     rows = []
-    for run in child_runs(tracking_uri, experiment_id, parent_run_id):
-        tags, params = run.data.tags, run.data.params
-        per_step: dict[int, dict[str, float]] = {}
-        for key in EVENT_METRICS:
-            for m in client.get_metric_history(run.info.run_id, key):
-                per_step.setdefault(m.step, {})[key] = m.value
-        for step, values in sorted(per_step.items()):
-            rows.append({
-                "run_id": run.info.run_id,
-                "status": run.info.status,
-                "trial_name": run.info.run_name,
-                "trial_key": tags.get(TAG_TRIAL_KEY),
-                "strategy": tags.get(TAG_STRATEGY),
-                "config_key": tags.get(TAG_CONFIG_KEY),
-                "config": tags.get("tune_prune.config", ""),
-                "target_sparsity": float(params.get("target_sparsity", "nan")),
-                "seed": int(params.get("seed", -1)),
-                "event": step,
-                **{k: values.get(k, float("nan")) for k in EVENT_METRICS},
-                **{k: run.data.metrics.get(k, float("nan")) for k in SPEED_METRICS},
-            })
-    return pd.DataFrame(rows, columns=["run_id", "status", "trial_name", "trial_key", "strategy", "config_key",
-                                       "config", "target_sparsity", "seed", "event", *EVENT_METRICS,
-                                       *SPEED_METRICS])
+    for key, rec in sorted(records.items(), key=lambda kv: str(kv[0])):
+        common = [rec["run_id"], rec["status"], rec["trial_name"], key, rec["strategy"], rec["config_key"],
+                  rec["config"], rec["target_sparsity"], rec["seed"]]
+        speed = [rec["speed"].get(k, nan) for k in SPEED_METRICS]
+        for step, values in sorted(rec["events"].items()):
+            rows.append([*common, step, *[values.get(k, nan) for k in EVENT_METRICS], *speed])
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
 def log_artifacts(tracking_uri: str, run_id: str, files: list[Path]) -> None:

@@ -143,17 +143,30 @@ class _Prepared:
     pretrain: Any
 
 
+#: the last dataset this worker process loaded: Tune reuses the process for the next trial,
+#: which nearly always reads the same data (loading is deterministic, so reuse is exact)
+_LAST_DATASET: dict[str, Any] = {}
+
+
+def _dataset(trial: TrialSpec):
+    key = repr((trial.dataset.name, sorted(trial.dataset.load_kwargs().items())))
+    if key not in _LAST_DATASET:
+        _LAST_DATASET.clear()
+        _LAST_DATASET[key] = load_dataset(trial.dataset.name, **trial.dataset.load_kwargs())
+    return _LAST_DATASET[key]
+
+
 def _prepare(trial: TrialSpec, ctx: TrialContext, device: torch.device, tracker: TrialTracker) -> _Prepared:
     import ray
 
-    # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere.
-    tracker.set_tag("tune_prune.node_id", ray.get_runtime_context().get_node_id())
-    data = model_view(trial, load_dataset(trial.dataset.name, **trial.dataset.load_kwargs())).to(device)
-    tracker.set_tag("tune_prune.data_storage", data.storage)
+    data = model_view(trial, _dataset(trial)).to(device)
     tracker.log_dataset(data)
     fast = fast_path_for(trial, data, device, ctx.execution)
-    tracker.set_tag("tune_prune.amp", "bf16" if fast.amp else "fp32")
-    tracker.set_tag("tune_prune.channels_last", str(fast.channels_last).lower())
+    # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere. One request.
+    tracker.set_tags({"tune_prune.node_id": ray.get_runtime_context().get_node_id(),
+                      "tune_prune.data_storage": data.storage,
+                      "tune_prune.amp": "bf16" if fast.amp else "fp32",
+                      "tune_prune.channels_last": str(fast.channels_last).lower()})
     cached = dense_cache.load(ctx.cache_dir, trial.dense_key)
     if cached is None:
         raise RuntimeError(f"dense model {trial.dense_key} missing from {ctx.cache_dir}; "
@@ -182,13 +195,15 @@ def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.de
     own = ctx.state_path(trial)
 
     def on_event(record, state: LoopState) -> None:
+        last = record.event == record.n_events
         if record.event > logged_through:  # a replayed event was logged before the crash
-            tracker.log_event(record)
-            if record.event == record.n_events:
-                tracker.log_totals(record)
+            tracker.log_event(record, totals=last)
         _save_own_state(own, state)
+        # No Tune checkpoint after the last event: nothing would resume from it that the
+        # state copy (saved just above, on the dense cache's shared storage) does not hold,
+        # and for one-event trials it is the whole per-trial checkpoint cost.
         _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
-                 "milestone": -math.log2(1.0 - record.sparsity)}, state)
+                 "milestone": -math.log2(1.0 - record.sparsity)}, None if last else state)
         _chaos(trial, record.event)
 
     def on_epoch(record) -> None:

@@ -1,0 +1,173 @@
+"""Reading a sweep back: TrialTracker writes, load_records reads, on a real SQLite MLflow store.
+
+No Ray here: the tracker's write path is driven the way trainable.py drives it (events,
+a retry that reopens the run, a failure), so the read-back's invariants are checked
+without starting trials: one row per event, equal to the metric histories the MLflow UI
+charts, whatever the run went through.
+"""
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tune_prune import tracking as tr
+from tune_prune.loop import EpochRecord, EventRecord, PretrainResult
+from tune_prune.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One SQLite file for the module (creating one costs seconds); each test has its own sweep."""
+    return tmp_path_factory.mktemp("readback") / "mlflow.db"
+
+
+@pytest.fixture()
+def store(db, quickstart_path):
+    spec = load_spec(quickstart_path)
+    uri = f"sqlite:///{db}"
+    sweep = tr.SweepTracker(uri, "readback")
+    parent = sweep.start_parent(spec, "readback-sweep", len(spec.trials()), smoke_test=False)
+    return uri, sweep.experiment_id, parent, spec
+
+
+def _event(e: int, n: int, **extra) -> EventRecord:
+    return EventRecord(event=e, n_events=n, scheduled_sparsity=0.1 * e, sparsity=0.1 * e, val_accuracy=0.9 - 0.01 * e,
+                       val_loss=0.3, test_accuracy=0.88 - 0.01 * e, test_loss=0.35, pruned_val_accuracy=0.8,
+                       pruned_val_loss=0.5, event_epochs=2, best_epoch=1, budget_cap=2, cost_epochs=2 * e,
+                       wall_seconds=0.25 * e, **extra)
+
+
+def _log(tracker: tr.TrialTracker, events: range, n: int) -> None:
+    for e in events:
+        for k in (1, 2):
+            tracker.log_epoch(EpochRecord(e, k, 2 * (e - 1) + k, 0.5, 0.9, 0.3))
+        tracker.log_event(_event(e, n, patience_cut=float(e % 2)))
+
+
+def _history_rows(client: MlflowClient, run_id: str) -> dict[int, dict[str, float]]:
+    return tr._events_from_history(client, run_id)
+
+
+def test_retried_trial_reads_back_one_row_per_event_equal_to_its_histories(store):
+    uri, exp, parent, spec = store
+    trial = next(t for t in spec.trials() if len(t.sparsities) >= 3)
+    n = len(trial.sparsities)
+    first = tr.TrialTracker(uri, exp, parent, trial, accelerator_share=2.0)
+    assert first.finished_result() is None and first.start() == 0
+    _log(first, range(1, 3), n)
+    first.finish("FAILED", error="worker lost")  # as when a node dies after event 2
+
+    retry = tr.TrialTracker(uri, exp, parent, trial, accelerator_share=2.0)
+    assert retry.start() == 2  # resumes after the events already logged, same run
+    assert retry.run_id == first.run_id
+    _log(retry, range(3, n + 1), n)
+    retry.finish()
+
+    records = tr.load_records(uri, exp, parent)
+    assert list(records["event"]) == list(range(1, n + 1))
+    assert set(records["status"]) == {"FINISHED"} and set(records["trial_key"]) == {trial.key}
+    client = MlflowClient(uri)
+    history = _history_rows(client, first.run_id)
+    assert sorted(history) == list(range(1, n + 1))
+    for _, row in records.iterrows():
+        for key in tr.EVENT_METRICS:
+            want = history[row["event"]].get(key, math.nan)
+            assert row[key] == pytest.approx(want, nan_ok=True), key
+    assert records["accelerator_seconds"].tolist() == pytest.approx([0.5 * e for e in range(1, n + 1)])
+
+
+def test_running_and_failed_trials_read_back_what_they_logged(store):
+    uri, exp, parent, spec = store
+    pruned = [t for t in spec.trials() if not t.is_dense][:3]
+    running, failed, fresh = (tr.TrialTracker(uri, exp, parent, t) for t in pruned)
+    for t in (running, failed, fresh):
+        t.start()
+    _log(running, range(1, 2), 5)
+    _log(failed, range(1, 3), 5)
+    failed.finish("FAILED", error="boom")
+    records = tr.load_records(uri, exp, parent)
+    by_status = records.groupby("status")["event"].apply(list).to_dict()
+    assert by_status == {"RUNNING": [1], "FAILED": [1, 2]}  # the fresh run has no event yet: no row
+
+
+def test_dense_baseline_and_speed_metrics_come_back(store):
+    uri, exp, parent, spec = store
+    dense = next(t for t in spec.trials() if t.is_dense)
+    t = tr.TrialTracker(uri, exp, parent, dense)
+    t.start()
+    t.log_dense(0.95, 0.94, PretrainResult(epochs=3, wall_seconds=1.5, val_accuracy=0.95, test_accuracy=0.94,
+                                                       best_epoch=3))
+    t.finish()
+    (row,) = tr.load_records(uri, exp, parent).to_dict("records")
+    assert (row["event"], row["sparsity"], row["val_accuracy"], row["test_accuracy"]) == (0, 0.0, 0.95, 0.94)
+    assert math.isnan(row["latency_speedup"])
+
+
+def _drop_records(client: MlflowClient, parent: str) -> None:
+    for key in [k for k in client.get_run(parent).data.tags if k.startswith(tr.TAG_RECORD)]:
+        client.delete_tag(parent, key)
+
+
+def test_sweeps_without_records_are_read_from_the_histories(store):
+    """A sweep recorded before the parent held records reads back the same rows."""
+    uri, exp, parent, spec = store
+    client = MlflowClient(uri)
+    trials = [t for t in spec.trials() if not t.is_dense][:2]
+    for trial in trials:
+        t = tr.TrialTracker(uri, exp, parent, trial)
+        t.start()
+        _log(t, range(1, 4), 3)
+        t.finish()
+    new = tr.load_records(uri, exp, parent)
+    _drop_records(client, parent)
+    client.delete_tag(parent, tr.TAG_RECORDS_FORMAT)
+    old = tr.load_records(uri, exp, parent)
+    assert len(new) == 6 and old.equals(new)
+
+
+def test_a_retry_rebuilds_a_missing_record_and_drops_events_its_run_lacks(store):
+    uri, exp, parent, spec = store
+    client = MlflowClient(uri)
+    trial = next(t for t in spec.trials() if len(t.sparsities) >= 3)
+    t = tr.TrialTracker(uri, exp, parent, trial)
+    t.start()
+    _log(t, range(1, 3), 4)
+    _drop_records(client, parent)  # as if the parent had lost them
+    again = tr.TrialTracker(uri, exp, parent, trial)
+    assert again.start() == 2
+    assert list(tr.load_records(uri, exp, parent)["event"]) == [1, 2]  # rebuilt from the histories
+    # a record ahead of its run (the worker died between the two writes) is cut back to the run
+    again._events[3] = dict(again._events[2])
+    again._write_record("RUNNING")
+    third = tr.TrialTracker(uri, exp, parent, trial)
+    assert third.start() == 2
+    assert list(tr.load_records(uri, exp, parent)["event"]) == [1, 2]
+    _log(third, range(3, 5), 4)
+    third.finish("KILLED", note="stopped early by the scheduler")
+    rows = tr.load_records(uri, exp, parent)
+    assert list(rows["event"]) == [1, 2, 3, 4] and set(rows["status"]) == {"KILLED"}
+    assert sorted(tr._events_from_history(client, t.run_id)) == [1, 2, 3, 4]
+
+
+def test_records_longer_than_one_tag_are_split_and_joined():
+    events = {e: {k: 1 / (e + 7) for k in tr.EVENT_METRICS} for e in range(1, 200)}
+    events[5]["patience_cut"] = float("nan")  # written as null, read back as missing
+    record = {"run_id": "r", "status": "RUNNING", "trial_name": "n", "strategy": "s", "config_key": "c",
+              "config": "", "target_sparsity": 0.9, "seed": 0, "events": events, "speed": {"latency_ms": 1.5}}
+    tags = tr.encode_record("abc", record)
+    assert int(tags[tr.TAG_RECORD + "abc"][3:]) > 1
+    assert all(len(v) <= 8000 for v in tags.values())  # MLflow truncates longer tag values
+    back = tr.decode_records(tags)["abc"]
+    assert sorted(back["events"]) == sorted(events) and back["speed"] == {"latency_ms": 1.5}
+    assert back["events"][7] == events[7] and "patience_cut" not in back["events"][5]
+    tags.pop(tr.TAG_RECORD + "abc.1")
+    assert tr.decode_records(tags) == {}  # not whole: left out
+
+
+def test_sqlite_stores_are_opened_in_write_ahead_log_mode(store, db):
+    """Readers and the writer no longer exclude each other, and commits skip the fsync."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
