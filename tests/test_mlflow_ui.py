@@ -382,8 +382,9 @@ def test_parent_run_page_shows_the_recommendation_frontier_table_and_plot(sweep,
     assert recommended
     browser.wait_for(f"document.body.innerText.includes('Logged models ({len(recommended)})')",
                      what="the sweep run's logged models")
-    text = browser.text()
-    assert all(name in text for name in recommended)  # the recommended models, listed on the sweep's page
+    # the recommended models, listed on the sweep's page (the rows render after the count)
+    browser.wait_for(f"{json.dumps(recommended)}.every(n => document.body.innerText.includes(n))",
+                     what=f"every recommended model's name {recommended}")
     tables = browser.js("[...document.querySelectorAll('.note-editor-preview-content table')]"
                         ".map(t => t.querySelectorAll('tr').length)")
     assert tables == [len(spec.target_sparsities) + 1] * 2  # recommendation and frontier: header + a row per level

@@ -103,7 +103,11 @@ def test_a_row_of_the_papers_table_3_is_a_trial_of_the_paper_spec():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name,cut", [("cifar10_resnet18_budget.yaml", True), ("cifar10_resnet18_paper.yaml", False)])
+@pytest.mark.parametrize("name,cut", [
+    # the budget study's cut lines are also shown, without Ray, by the test above: the slow run
+    pytest.param("cifar10_resnet18_budget.yaml", True, marks=pytest.mark.slow),
+    ("cifar10_resnet18_paper.yaml", False),
+])
 def test_the_smoke_sweeps_report_which_study_ran(name, cut, tmp_path):
     """Through Ray and MLflow: the budget study's summary names the cut strategies, the paper's names none."""
     from tune_prune.sweep import run_sweep
