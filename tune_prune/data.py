@@ -885,6 +885,11 @@ def load_dataset(
     test images fit under :func:`resident_limit_bytes`, else a
     :class:`StreamingBundle` decodes them batch by batch; ``bundle.storage`` says which.
     """
+    if name == "text":  # a corpus for a causal LM: token blocks, not labelled images
+        from tune_prune.text import load_text_bundle
+
+        return load_text_bundle(root=root, val_size=val_size, train_subset=train_subset, split_seed=split_seed,
+                                download=download, **options)  # type: ignore[arg-type]
     loader = DATASETS.get(name)
     _check_size(val_size, "dataset.val_size")
     if train_subset is not None and (

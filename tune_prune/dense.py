@@ -45,7 +45,7 @@ def load(cache_dir: str | Path, dense_key: str) -> tuple[dict[str, torch.Tensor]
     if not (weights.is_file() and meta.is_file()):
         return None
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    return state, PretrainResult(**json.loads(meta.read_text())["result"])
+    return state, PretrainResult.from_dict(json.loads(meta.read_text())["result"])
 
 
 def ensure(

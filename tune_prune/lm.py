@@ -34,17 +34,33 @@ def _transformers():
     return transformers
 
 
-def build_causal_lm(name: str | None = None, config: Mapping[str, Any] | None = None,
-                    model_type: str = "gpt_neo", seed: int = 0) -> nn.Module:
-    """A causal LM from a local path or hub id (``name``), or from a config (``config``, of ``model_type``)."""
+def build_causal_lm(name: str | None = None, config: Any = None, model_type: str | None = "gpt_neo",
+                    seed: int | None = None, revision: str | None = None) -> nn.Module:
+    """A causal LM from a local path or hub id (``name``), or from a config (``config``: a mapping of
+    ``model_type``'s fields, or a transformers config object with ``model_type=None``)."""
     tf = _transformers()
     if (name is None) == (config is None):
         raise ValueError("give exactly one of name (a local path or hub id) and config")
     if name is not None:
-        return tf.AutoModelForCausalLM.from_pretrained(name)
-    cfg = tf.AutoConfig.for_model(model_type, **dict(config))
-    torch.manual_seed(seed)
+        return tf.AutoModelForCausalLM.from_pretrained(name, revision=revision)
+    cfg = config if model_type is None else tf.AutoConfig.for_model(model_type, **_plain(config))
+    if seed is not None:
+        torch.manual_seed(seed)
     return tf.AutoModelForCausalLM.from_config(cfg)
+
+
+def causal_lm_config(name: str, revision: str | None = None) -> Any:
+    """The config of a model directory or hub id (a fresh model of the same architecture)."""
+    return _transformers().AutoConfig.from_pretrained(name, revision=revision)
+
+
+def _plain(value: Any) -> Any:
+    """Frozen spec values (tuples of pairs) back to the lists and dicts a config expects."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def transformer_linears(model: nn.Module) -> list[str]:

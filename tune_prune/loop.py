@@ -1,5 +1,11 @@
 """Pretraining and the prune -> fine-tune loop of one trial. No Ray, no MLflow.
 
+The trial's task decides what a batch's loss and an evaluation's score are: cross-entropy
+and accuracy for an image classifier, next-token loss and perplexity for a causal LM
+(data: a ``tune_prune.text.TextBundle``). Records hold the score as ``*_metric`` fields
+named by ``metric`` ("accuracy" or "perplexity"); ``record.val_accuracy`` or
+``record.val_perplexity`` read them, and ``metrics()`` logs them under those names.
+
 The loop talks to the outside world through two hooks: ``on_epoch(EpochRecord)``
 after every fine-tuning epoch and ``on_event(EventRecord, LoopState)`` after every
 prune event (the state is what a checkpoint needs to resume at the next event).
@@ -8,6 +14,7 @@ prune event (the state is what a checkpoint needs to resume at the next event).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,27 +33,50 @@ from tune_prune.pruning.structured import ChannelPruner, resize_to_state
 from tune_prune.spec import AMP_CHOICES, CHANNELS_LAST_CHOICES, STRUCTURED, PretrainSpec, TrialSpec
 
 
+class _Named:
+    """``val_metric`` read as ``val_<metric>`` (val_accuracy, val_perplexity), the name it is logged under."""
+
+    metric: str
+
+    def __getattr__(self, name: str) -> Any:
+        metric = self.__dict__.get("metric", "accuracy")
+        for prefix in ("pruned_val_", "val_", "test_"):
+            if name == f"{prefix}{metric}":
+                return self.__dict__[f"{prefix}metric"]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def named(self) -> dict[str, Any]:
+        """Fields as logged: ``*_metric`` under the metric's name, the name itself left out."""
+        out = {}
+        for k, v in self.__dict__.items():
+            if k == "metric":
+                continue
+            out[k.replace("_metric", f"_{self.metric}") if k.endswith("_metric") else k] = v
+        return out
+
+
 @dataclass(frozen=True)
-class EpochRecord:
+class EpochRecord(_Named):
     event: int  # 1-based prune event this epoch belongs to
     epoch_in_event: int  # 1-based
     global_epoch: int  # fine-tuning epochs spent so far, this one included
     train_loss: float
-    val_accuracy: float
+    val_metric: float  # the task's metric (accuracy or perplexity)
     val_loss: float
+    metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
-class EventRecord:
+class EventRecord(_Named):
     event: int  # 1-based
     n_events: int
     scheduled_sparsity: float
     sparsity: float  # measured: exact zeros among prunable weights
-    val_accuracy: float  # of the checkpoint kept (best epoch of this event)
+    val_metric: float  # of the checkpoint kept (best epoch of this event)
     val_loss: float
-    test_accuracy: float
+    test_metric: float
     test_loss: float
-    pruned_val_accuracy: float  # right after pruning, before fine-tuning
+    pruned_val_metric: float  # right after pruning, before fine-tuning
     pruned_val_loss: float
     event_epochs: int  # epochs run in this event
     best_epoch: int  # 0 = the freshly pruned weights were never beaten
@@ -60,9 +90,10 @@ class EventRecord:
     # patience events only: 1 when the epoch cap (budget policy or epochs_per_event) ended the
     # event while patience was still waiting, 0 when patience ended it; None for fixed epochs
     patience_cut: float | None = None
+    metric: str = "accuracy"  # what val_metric/test_metric measure (tune_prune.metrics)
 
     def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items() if v is not None}
+        return {k: float(v) for k, v in self.named().items() if v is not None}
 
 
 @dataclass
@@ -97,18 +128,41 @@ class Hooks:
 
 @dataclass(frozen=True)
 class Evaluation:
-    accuracy: float
-    loss: float
+    score: float  # the task's metric: accuracy (higher is better) or perplexity (lower)
+    loss: float  # mean cross-entropy (per example, or per predicted token)
+    metric: str = "accuracy"
+
+    @property
+    def accuracy(self) -> float:
+        if self.metric != "accuracy":
+            raise AttributeError(f"an evaluation of {self.metric} has no accuracy")
+        return self.score
+
+    def monitored(self, monitor: str) -> float:
+        """The value patience watches: ``val_loss`` or the task's metric."""
+        return self.loss if monitor == "val_loss" else self.score
 
 
 @dataclass(frozen=True)
 class PretrainResult:
+    """The dense model's training; ``val_score``/``test_score`` are its task's metric (``metric``)."""
+
     epochs: int
     wall_seconds: float
-    val_accuracy: float
-    test_accuracy: float
+    val_score: float
+    test_score: float
     best_epoch: int
     extra: dict[str, float] = field(default_factory=dict)
+    metric: str = "accuracy"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainResult":
+        """From its JSON form, including the accuracy-named one of caches written before tasks existed."""
+        d = dict(d)
+        for split in ("val", "test"):
+            if f"{split}_accuracy" in d:
+                d[f"{split}_score"] = d.pop(f"{split}_accuracy")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -180,10 +234,32 @@ def pick_device(gpu_share: float) -> torch.device:
     return torch.device("cpu")
 
 
+def is_lm(data: Any) -> bool:
+    """Whether ``data`` is a causal-LM corpus (token blocks) rather than labelled images."""
+    return getattr(data, "task", "classification") == "causal_lm"
+
+
+def batch_loss(model: nn.Module, data: Any, xb: torch.Tensor, yb: torch.Tensor, fast: FastPath = FP32) -> torch.Tensor:
+    """The training loss of one prepared batch: cross-entropy on labels, or next-token loss on blocks."""
+    with fast.autocast(xb.device):
+        if is_lm(data):
+            return _next_token_loss(model(input_ids=xb).logits, xb)
+        return F.cross_entropy(model(xb).float(), yb)
+
+
+def _next_token_loss(logits: torch.Tensor, blocks: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1), reduction=reduction)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Bundle, split: str, batch_size: int = 1024,
              fast: FastPath = FP32) -> Evaluation:
-    """Accuracy and mean cross-entropy of ``model`` on ``split`` ('val' or 'test')."""
+    """The task's metric and mean loss of ``model`` on ``split`` ('val' or 'test'): accuracy and
+    cross-entropy for a classifier; perplexity and next-token loss (nats per predicted token),
+    over every predicted token of the split, for a causal LM."""
+    if is_lm(data):
+        return _evaluate_lm(model, data, split, fast)
     y = data.labels(split)
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
@@ -194,7 +270,24 @@ def evaluate(model: nn.Module, data: Bundle, split: str, batch_size: int = 1024,
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     # one device sync per evaluation, not two per batch
-    return Evaluation(accuracy=int(correct) / len(y), loss=float(loss_sum) / len(y))
+    return Evaluation(score=int(correct) / len(y), loss=float(loss_sum) / len(y))
+
+
+#: blocks per evaluation batch of a causal LM (its logits are blocks x tokens x vocabulary)
+LM_EVAL_BATCH = 16
+
+
+def _evaluate_lm(model: nn.Module, data: Any, split: str, fast: FastPath) -> Evaluation:
+    blocks = data.labels(split)
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=blocks.device)
+    for xb, _ in data.batches(split, LM_EVAL_BATCH):
+        with fast.autocast(xb.device):
+            logits = model(input_ids=xb).logits
+        loss_sum += _next_token_loss(logits, xb, reduction="sum")
+    tokens = blocks.shape[0] * (blocks.shape[1] - 1)
+    loss = float(loss_sum) / tokens
+    return Evaluation(score=math.exp(min(loss, 700.0)), loss=loss, metric="perplexity")
 
 
 def train_epoch(
@@ -205,19 +298,20 @@ def train_epoch(
     generator: torch.Generator,
     masks: MaskSet | ChannelPruner | None = None,
     fast: FastPath = FP32,
+    max_batches: int | None = None,
 ) -> float:
-    """One pass over the training split in a seeded random order; returns mean loss.
+    """One pass over the training split in a seeded random order (or its first ``max_batches``
+    batches: a shorter "epoch" for a large corpus); returns mean loss.
 
     The order is a permutation drawn from ``generator``, then each batch's augmentation
     is drawn from it in turn: the same seed replays the same batches, resident or streamed.
     """
     model.train()
     total, seen = 0.0, 0
-    for xb, yb in data.batches("train", batch_size, generator):
+    for xb, yb in data.batches("train", batch_size, generator, max_batches=max_batches):
         xb = fast.batch(data.prepare(xb, train=True, generator=generator))
         optimizer.zero_grad(set_to_none=True)
-        with fast.autocast(xb.device):
-            loss = F.cross_entropy(model(xb).float(), yb)
+        loss = batch_loss(model, data, xb, yb, fast)
         loss.backward()
         optimizer.step()
         if masks is not None:
@@ -246,7 +340,7 @@ def gradient_statistics(
     seen = 0
     for xb, yb in data.batches("train", batch_size, generator, max_batches=batches):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(data.prepare(xb, train=False)), yb).backward()
+        batch_loss(model, data, data.prepare(xb, train=False), yb).backward()
         for n, p in masks.params.items():
             mean[n] += p.grad
             sq[n] += p.grad.pow(2)
@@ -281,8 +375,11 @@ def _generator(device: torch.device, *seed_parts: int) -> torch.Generator:
     return g
 
 
-def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def _optimizer(model: nn.Module, cfg: PretrainSpec | FinetuneSpec) -> torch.optim.Optimizer:
+    """A fresh optimizer for ``cfg``: SGD with momentum, or AdamW (default betas)."""
+    if getattr(cfg, "optimizer", "sgd") == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def new_model(trial: TrialSpec, data: Bundle, seed: int, weights: bool = False) -> nn.Module:
@@ -298,24 +395,24 @@ def pretrain_dense(
     progress: Callable[[int, Evaluation], None] | None = None,
     fast: FastPath = FP32,
 ) -> tuple[dict[str, torch.Tensor], PretrainResult]:
-    """Train the dense model for ``trial.pretrain``; keep the best epoch by val accuracy.
+    """Train the dense model for ``trial.pretrain``; keep the best epoch by the task's val metric.
 
-    SGD with momentum and a cosine learning-rate decay over the pretraining epochs.
+    SGD with momentum (or AdamW) and a cosine learning-rate decay over the pretraining epochs.
     """
     cfg: PretrainSpec = trial.pretrain
     model = fast.model(new_model(trial, data, trial.seed, weights=True).to(device))
     if cfg.epochs == 0:
         return _as_is(model, data, fast)
-    opt = _sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     start = time.perf_counter()
-    tracker = Patience(patience=cfg.epochs)
+    tracker = Patience(patience=cfg.epochs, mode=trial.metric.mode)
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         train_epoch(model, opt, data, cfg.batch_size, _generator(device, trial.seed, -1, epoch), fast=fast)
         sched.step()
         ev = evaluate(model, data, "val", fast=fast)
-        if tracker.update(ev.accuracy, epoch):
+        if tracker.update(ev.score, epoch):
             best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
             progress(epoch, ev)
@@ -323,9 +420,10 @@ def pretrain_dense(
     result = PretrainResult(
         epochs=cfg.epochs,
         wall_seconds=time.perf_counter() - start,
-        val_accuracy=evaluate(model, data, "val", fast=fast).accuracy,
-        test_accuracy=evaluate(model, data, "test", fast=fast).accuracy,
+        val_score=evaluate(model, data, "val", fast=fast).score,
+        test_score=evaluate(model, data, "test", fast=fast).score,
         best_epoch=tracker.best_epoch,
+        metric=trial.metric.name,
     )
     # contiguous: the cache holds one layout whatever the device preferred
     return {k: v.detach().cpu().contiguous() for k, v in best_state.items()}, result
@@ -335,8 +433,8 @@ def _as_is(model: nn.Module, data: Bundle, fast: FastPath) -> tuple[dict[str, to
     """The starting weights taken as the dense model (pretrain.epochs: 0): evaluated once, not trained."""
     start = time.perf_counter()
     val, test = evaluate(model, data, "val", fast=fast), evaluate(model, data, "test", fast=fast)
-    result = PretrainResult(epochs=0, wall_seconds=time.perf_counter() - start, val_accuracy=val.accuracy,
-                            test_accuracy=test.accuracy, best_epoch=0)
+    result = PretrainResult(epochs=0, wall_seconds=time.perf_counter() - start, val_score=val.score,
+                            test_score=test.score, best_epoch=0, metric=val.metric)
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, result
 
 
@@ -358,6 +456,7 @@ def run_trial(
     only measured, once per event, on the kept checkpoint.
     """
     hooks = hooks or Hooks()
+    metric = trial.metric
     schedule = trial.sparsities
     n_events = len(schedule)
     ft = trial.finetune
@@ -403,26 +502,27 @@ def run_trial(
 
         pruned_eval = evaluate(model, data, "val", fast=fast)
         wait = patience if patience is not None else epochs
-        # The kept checkpoint is always the best val accuracy; what patience watches is
-        # finetune.monitor (val_loss: as the authors' main branch, which stops on the loss
-        # while keeping the best top-1).
+        # The kept checkpoint is always the best val metric (in its direction: accuracy up,
+        # perplexity down); what patience watches is finetune.monitor (val_loss: as the
+        # authors' main branch, which stops on the loss while keeping the best top-1).
         on_loss = ft.monitor == "val_loss"
-        tracker = Patience(patience=wait, min_delta=0.0 if on_loss else ft.min_delta)
+        tracker = Patience(patience=wait, min_delta=0.0 if on_loss else ft.min_delta, mode=metric.mode)
         stopper = Patience(patience=wait, min_delta=ft.min_delta, mode="min") if on_loss else tracker
-        tracker.update(pruned_eval.accuracy, 0)
+        tracker.update(pruned_eval.score, 0)
         if on_loss:
             stopper.update(pruned_eval.loss, 0)
         best_state = copy.deepcopy(model.state_dict())
         best_eval = pruned_eval
-        opt = _sgd(model, ft.lr, ft.momentum, ft.weight_decay)
+        opt = _optimizer(model, ft)
         ran, stopped = 0, False
         for e in range(1, epochs + 1):
-            loss = train_epoch(model, opt, data, ft.batch_size, _generator(device, trial.seed, cost + 1), masks, fast)
+            loss = train_epoch(model, opt, data, ft.batch_size, _generator(device, trial.seed, cost + 1), masks, fast,
+                               max_batches=ft.batches_per_epoch)
             cost += 1
             ran += 1
             ev = evaluate(model, data, "val", fast=fast)
-            hooks.on_epoch(EpochRecord(i + 1, e, cost, loss, ev.accuracy, ev.loss))
-            if tracker.update(ev.accuracy, e):
+            hooks.on_epoch(EpochRecord(i + 1, e, cost, loss, ev.score, ev.loss, metric.name))
+            if tracker.update(ev.score, e):
                 best_state = copy.deepcopy(model.state_dict())
                 best_eval = ev
             if on_loss:
@@ -438,11 +538,11 @@ def run_trial(
             n_events=n_events,
             scheduled_sparsity=schedule[i],
             sparsity=masks.measured_sparsity(),
-            val_accuracy=best_eval.accuracy,
+            val_metric=best_eval.score,
             val_loss=best_eval.loss,
-            test_accuracy=test_eval.accuracy,
+            test_metric=test_eval.score,
             test_loss=test_eval.loss,
-            pruned_val_accuracy=pruned_eval.accuracy,
+            pruned_val_metric=pruned_eval.score,
             pruned_val_loss=pruned_eval.loss,
             event_epochs=ran,
             best_epoch=tracker.best_epoch,
@@ -450,6 +550,7 @@ def run_trial(
             cost_epochs=cost,
             wall_seconds=wall,
             patience_cut=None if patience is None else float(not stopped),
+            metric=metric.name,
             **_reached(masks),
         )
         records.append(record)
@@ -481,10 +582,22 @@ def _pruner(trial: TrialSpec, model: nn.Module, data: Bundle, device: torch.devi
         kind = ViTPruner if vit_attention(model) else ChannelPruner
         return kind(model, torch.zeros(1, *data.in_shape, device=device), state,
                     include=trial.prune_include, exclude=trial.prune_exclude)
-    masks = MaskSet(model, trial.prune_include, trial.prune_exclude)
+    include, exclude = prune_scope(trial)
+    masks = MaskSet(model, include, exclude, weights_only=trial.task == "causal_lm")
     if state is not None:
         masks.load_state_dict(state)
     return masks
+
+
+def prune_scope(trial: TrialSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(include, exclude) module globs of what gets pruned. A causal LM prunes the Linear
+    layers of its attention and MLP blocks: embeddings and the LM head (tied to the token
+    embedding in most models) stay dense unless prune.include names them."""
+    if trial.task != "causal_lm" or trial.prune_include:
+        return trial.prune_include, trial.prune_exclude
+    from tune_prune.lm import LM_DENSE_BY_DEFAULT
+
+    return (), tuple(dict.fromkeys(trial.prune_exclude + LM_DENSE_BY_DEFAULT))
 
 
 def _reached(pruner: MaskSet | ChannelPruner) -> dict[str, float]:

@@ -280,6 +280,8 @@ def build(spec, in_shape: tuple[int, int, int], num_classes: int, *, weights: bo
             if not pretrained:
                 raise
             raise _library_error(f"timm {spec.name} pretrained", exc) from None
+    elif source == "huggingface":
+        model = _causal_lm(spec, opts, num_classes, weights)
     elif source == "python":
         fn = import_python_builder(spec.name)
         kwargs = dict(opts.get("kwargs", {}))
@@ -295,6 +297,36 @@ def build(spec, in_shape: tuple[int, int, int], num_classes: int, *, weights: bo
     if input_size is not None:
         # a pre-hook, not a wrapper module: layer names (prune patterns, checkpoints) stay the model's own
         model.register_forward_pre_hook(ResizeInput(int(input_size)))
+    return model
+
+
+def _causal_lm(spec, opts: dict, vocab_size: int, weights: bool) -> nn.Module:
+    """A Hugging Face causal LM: its hub or directory weights (``weights``), else the same
+    architecture freshly initialised (what a trial loads its dense or pruned state into)."""
+    from tune_prune.lm import build_causal_lm, causal_lm_config
+
+    config = opts.get("config")
+    if config is not None:
+        cfg = dict(config)
+        cfg.setdefault("vocab_size", vocab_size)
+        # a trained tokenizer's end-of-text token is id 0 (tune_prune.text.SPECIAL_TOKENS); configs
+        # otherwise default to GPT-2's 50256, outside a small vocabulary
+        cfg.setdefault("bos_token_id", 0)
+        cfg.setdefault("eos_token_id", 0)
+        if cfg["vocab_size"] != vocab_size:
+            raise ValueError(f"model.config: vocab_size {cfg['vocab_size']} but the tokenizer has {vocab_size} tokens")
+        return build_causal_lm(config=cfg, model_type=opts.get("model_type", "gpt_neo"))
+    revision = opts.get("revision")
+    if weights:
+        try:
+            model = build_causal_lm(spec.name, revision=revision)
+        except OSError as exc:
+            raise _library_error(f"huggingface {spec.name}", exc) from None
+    else:
+        model = build_causal_lm(config=causal_lm_config(spec.name, revision), model_type=None)
+    if model.get_output_embeddings() is not None and model.get_output_embeddings().out_features < vocab_size:
+        raise ValueError(f"model.name: {spec.name} predicts {model.get_output_embeddings().out_features} tokens "
+                         f"but the tokenizer has {vocab_size}; give the model's own tokenizer as dataset.tokenizer")
     return model
 
 

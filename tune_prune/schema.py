@@ -50,7 +50,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: the fields of a spec, in the order messages list them
 TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
             "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-            "structure", "speed", "execution", "prune", "frontier_rule", "smoke_test")
+            "structure", "speed", "execution", "prune", "frontier_rule", "task", "smoke_test")
 
 
 class SchemaError(ValueError):
@@ -171,7 +171,7 @@ def _dataset_models() -> list[type[Section]]:
     return out
 
 
-MODEL_SOURCES = ("builtin", "python", "timm", "torchvision")
+MODEL_SOURCES = ("builtin", "huggingface", "python", "timm", "torchvision")
 
 
 def _normalize(value: Any) -> Any:
@@ -289,6 +289,67 @@ class PythonModel(ModelCommon):
         return self
 
 
+class TextDataset(Section):
+    """A text corpus for task: causal_lm: tokenized once, packed into blocks, split by a seed, cached."""
+
+    name: Literal["text"] = Field(description="a text corpus (task: causal_lm)")
+    files: Optional[Annotated[list[PathString], Field(min_length=1)]] = Field(  # type: ignore[valid-type]
+        None, description="UTF-8 text files or globs, read in sorted order (give this or hf_dataset)")
+    hf_dataset: Optional[PathString] = Field(
+        None, description="a Hugging Face dataset: a directory written by save_to_disk, or a hub id (needs "
+        "network access where it runs)")
+    hf_split: Optional[str] = Field(None, description="the split of hf_dataset to read (a DatasetDict's, or "
+                                    "the hub's; default train)")
+    hf_revision: Optional[str] = Field(None, description="hub datasets: the revision (commit or tag) to read")
+    text_column: str = Field("text", description="hf_dataset: the column holding the text")
+    tokenizer: Optional[PathString] = Field(
+        None, description="a tokenizer directory (AutoTokenizer; the model's own); default: the model's own "
+        "when model.name is a local directory holding one, else a byte-level BPE of vocab_size tokens trained "
+        "on the corpus")
+    vocab_size: PositiveInt = Field(2048, description="the trained tokenizer's vocabulary")
+    block_size: Annotated[int, Field(ge=2)] = Field(128, description="tokens per training block (sequence length)")
+    val_size: Size = Field(0.1, description="validation blocks: a count or a fraction")
+    test_size: Size = Field(0.1, description="test blocks: a count or a fraction")
+    train_subset: Optional[PositiveInt] = Field(None, description="train on a fixed random subset of this many "
+                                                "blocks (validation and test are kept)")
+    split_seed: NonNegativeInt = Field(0, description="seeds the split of blocks; the same for every trial")
+    root: Optional[PathString] = Field(None, description="where the tokenized cache lives; default "
+                                       "$TUNE_PRUNE_DATA or ~/.cache/tune_prune/data")
+    download: bool = Field(False, description="unused for text (a hub id is fetched when given)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TextDataset":
+        if (self.files is None) == (self.hf_dataset is None):
+            raise _at("dataset.files", "give exactly one of files (text files) and hf_dataset (a saved dataset "
+                      "directory or a hub id)")
+        return self
+
+
+class HuggingFaceModel(ModelCommon):
+    """A Hugging Face causal language model (AutoModelForCausalLM), for task: causal_lm."""
+
+    source: Literal["huggingface"]
+    name: Optional[str] = Field(None, description="a local model directory or a hub id (needs network access "
+                                "where it runs); or leave it out and give config")
+    config: Optional[dict[str, Any]] = Field(
+        None, description="build a fresh model from this config instead (AutoConfig.for_model(model_type, "
+        "**config)); vocab_size defaults to the tokenizer's")
+    model_type: str = Field("gpt_neo", description="with config: the architecture (a transformers model type)")
+    revision: Optional[str] = Field(None, description="hub models: the revision (commit or tag)")
+
+    @model_validator(mode="after")
+    def _name_or_config(self) -> "HuggingFaceModel":
+        if (self.name is None) == (self.config is None):
+            raise _at("model.name", "give exactly one of name (a local directory or hub id) and config")
+        if self.checkpoint is not None and self.name is None:
+            raise _at("model.checkpoint", "a checkpoint for a model built from config: save it as a model "
+                      "directory (save_pretrained) and give that as model.name instead")
+        for f in ("normalize", "input_size"):
+            if getattr(self, f) is not None:
+                raise _at(f"model.{f}", "applies to image models only")
+        return self
+
+
 def model_tag(value: Any) -> str | None:
     """Which model schema a raw model section is: a source, or builtin:<name>."""
     if not isinstance(value, Mapping):
@@ -309,7 +370,7 @@ def _model_union() -> Any:
     members = [Annotated[m, Tag(f"builtin:{m.model_fields['name'].annotation.__args__[0]}")]
                for m in _model_models()]
     members += [Annotated[TorchvisionModel, Tag("torchvision")], Annotated[TimmModel, Tag("timm")],
-                Annotated[PythonModel, Tag("python")]]
+                Annotated[PythonModel, Tag("python")], Annotated[HuggingFaceModel, Tag("huggingface")]]
     return Annotated[Union[tuple(members)], Discriminator(model_tag)]
 
 
@@ -324,6 +385,8 @@ class PretrainSection(Section):
     batch_size: PositiveInt = 128
     momentum: NonNegativeFloat = 0.9
     weight_decay: NonNegativeFloat = 5e-4
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "sgd", description="sgd (momentum, the paper's image setup) or adamw (the authors' language-model setup)")
 
 
 def _learning_rates(value: Any) -> Any:
@@ -359,9 +422,17 @@ class FinetuneSection(Section):
     weight_decay: NonNegativeFloat = 5e-4
     min_delta: NonNegativeFloat = Field(0.0, description="patience: an improvement of the monitored metric "
                                         "must exceed this")
-    monitor: Literal["val_accuracy", "val_loss"] = Field(
-        "val_accuracy", description="what patience watches; the kept checkpoint is always the best val accuracy "
-        "(val_loss with min_delta 0 is the authors' main branch; val_accuracy with 1e-4 their refactor branch)")
+    monitor: Optional[Literal["val_accuracy", "val_loss", "val_perplexity"]] = Field(
+        None, description="what patience watches; default the task's metric (val_accuracy, val_perplexity). The "
+        "kept checkpoint is always the best val metric (val_loss with min_delta 0 is the authors' main branch; "
+        "val_accuracy with 1e-4 their refactor branch)")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "sgd", description="a fresh optimizer per prune event: sgd (momentum) or adamw (the authors' "
+        "language-model setup: lr 1e-3, weight decay 0.01)")
+    batches_per_epoch: Optional[PositiveInt] = Field(
+        None, description="an epoch (the unit of patience, validation and cost) is this many training batches "
+        "instead of a full pass: for corpora too large to pass over between validations (the authors' "
+        "language-model runs validate every few batches)")
 
 
 PolicyName = Literal[tuple(sorted(BUDGET_POLICIES))]  # type: ignore[valid-type]
@@ -619,9 +690,12 @@ def _build_spec_model() -> type[Section]:
                     "description": "overrides applied by --smoke-test (a tiny run of the same code path)"}
     fields: dict[str, Any] = {
         "name": (SafeName, Field(description="the sweep's name: MLflow experiment and run directory names")),
-        "dataset": (_tagged(_dataset_models()), Field(description="the data; its own options beside name")),
+        "task": (Literal["causal_lm", "classification"], Field(  # type: ignore[valid-type]
+            "classification", description="classification (scored by accuracy, higher is better) or causal_lm "
+            "(a Hugging Face language model on a text dataset, scored by perplexity, lower is better)")),
+        "dataset": (_tagged([*_dataset_models(), TextDataset]), Field(description="the data; its own options beside name")),
         "model": (_model_union(), Field(description="the network: a built-in name with its options, or "
-                                        "source: torchvision, timm or python")),
+                                        "source: torchvision, timm, python or huggingface")),
         "pretrain": (PretrainSection, PretrainSection()),
         "finetune": (FinetuneSection, FinetuneSection()),
         "budget": (BudgetSection, ...),
@@ -732,7 +806,7 @@ def explain(err: Mapping[str, Any], raw: Any) -> SchemaError:
             from tune_prune.models import MODELS
 
             return SchemaError("model.name", f"unknown model {shown(tag[8:])}; accepted: {', '.join(MODELS.names())}"
-                               f" (built in), or set model.source: torchvision, timm or python")
+                               f" (built in), or set model.source: torchvision, timm, python or huggingface")
         return SchemaError("model.source", f"unknown value {shown(tag)}; accepted: {', '.join(MODEL_SOURCES)}")
     if kind == "union_tag_not_found" and path == "model":
         return SchemaError("model", f"must be a mapping, got {type(value).__name__} {shown(value)}")

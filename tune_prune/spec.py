@@ -151,6 +151,14 @@ class PretrainSpec:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | adamw
+
+    def key_dict(self) -> dict[str, Any]:
+        """Fields added after keys were first published are left out at their default."""
+        d = asdict(self)
+        if d["optimizer"] == "sgd":
+            d.pop("optimizer")
+        return d
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,9 @@ class FinetuneSpec:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     min_delta: float = 0.0
-    monitor: str = "val_accuracy"  # what patience watches: val_accuracy or val_loss
+    monitor: str = "val_accuracy"  # what patience watches: the task's val metric, or val_loss
+    optimizer: str = "sgd"  # sgd | adamw, built fresh per prune event
+    batches_per_epoch: int | None = None  # None: an epoch is a full pass over the training split
 
 
 @dataclass(frozen=True)
@@ -273,6 +283,14 @@ class TrialSpec:
     structure: str = UNSTRUCTURED
     prune_include: tuple[str, ...] = ()  # glob patterns on module names; () = every Conv2d/Linear
     prune_exclude: tuple[str, ...] = ()
+    task: str = "classification"  # or causal_lm: the metric and its direction (tune_prune.metrics)
+
+    @property
+    def metric(self):
+        """The task's metric (tune_prune.metrics.Metric): what patience, checkpoints and the frontier rank."""
+        from tune_prune.metrics import for_task
+
+        return for_task(self.task)
 
     @property
     def is_dense(self) -> bool:
@@ -327,6 +345,12 @@ class TrialSpec:
         d["dataset"] = self.dataset.key_dict()
         if d["finetune"]["monitor"] == "val_accuracy":
             d["finetune"].pop("monitor")
+        for f, default in (("optimizer", "sgd"), ("batches_per_epoch", None)):
+            if d["finetune"][f] == default:
+                d["finetune"].pop(f)
+        d["pretrain"] = self.pretrain.key_dict()
+        if d["task"] == "classification":
+            d.pop("task")
         if d["budget"]["max_event_epochs"] is None:
             d["budget"].pop("max_event_epochs")
         return d
@@ -364,7 +388,7 @@ class TrialSpec:
     def dense_key(self) -> str:
         """Names the dense model this trial starts from: (model, dataset, seed, pretrain settings)."""
         return _hash({"model": self.model.key_dict(), "dataset": self.dataset.key_dict(),
-                      "seed": self.seed, "pretrain": asdict(self.pretrain)})
+                      "seed": self.seed, "pretrain": self.pretrain.key_dict()})
 
     @property
     def name(self) -> str:
@@ -471,7 +495,15 @@ class SweepSpec:
     prune_include: tuple[str, ...] = ()
     prune_exclude: tuple[str, ...] = ()
     frontier_rule: str = "all_events"  # which events are frontier points; changes no trial
+    task: str = "classification"
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
+
+    @property
+    def metric(self):
+        """The task's metric (tune_prune.metrics.Metric), with its direction."""
+        from tune_prune.metrics import for_task
+
+        return for_task(self.task)
 
     def base(self) -> dict[str, Any]:
         """The settings every trial of this sweep shares."""
@@ -556,7 +588,7 @@ def _applies(point: Mapping[str, Any], target: float) -> bool:
 
 #: TrialSpec fields that every trial of a sweep shares (the rest: schedule, knobs, target, seed)
 SHARED_FIELDS = ("dataset", "model", "pretrain", "finetune", "budget", "criterion", "structure",
-                 "prune_include", "prune_exclude")
+                 "prune_include", "prune_exclude", "task")
 
 
 def make_trial(base: dict[str, Any], schedule: str, point: dict[str, Any], target: float, seed: int) -> TrialSpec:
@@ -683,6 +715,22 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
                                    accelerator_hours=checked.budget.sweep_accelerator_hours,
                                    epoch_seconds=checked.budget.epoch_seconds)
     structure = checked.structure
+    _check_task(checked)
+    if checked.dataset.name == "text" and data.get("files"):
+        data["files"] = tuple(_absolute(f) for f in data["files"])
+        raw["dataset"]["files"] = list(data["files"])
+        dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
+    if (checked.dataset.name == "text" and data.get("tokenizer") is None and model.source == "huggingface"
+            and model.starts_from_weights):
+        # the model's own tokenizer: its directory (when it holds one) or its hub id
+        local = Path(model.name)
+        if not local.is_dir() or any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            data["tokenizer"] = raw["dataset"]["tokenizer"] = model.name
+            dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
+    for f in ("hf_dataset", "tokenizer"):
+        if data.get(f) is not None and Path(data[f]).expanduser().exists():
+            data[f] = raw["dataset"][f] = _absolute(data[f])
+            dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
     spec = SweepSpec(
         name=checked.name, dataset=dataset, model=model,
         pretrain=_pretrain(checked, model),
@@ -696,7 +744,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         criterion=checked.criterion or DEFAULT_CRITERION[structure], structure=structure,
         speed=SpeedSpec(**_given(checked.speed)), execution=ExecutionSpec(**_given(checked.execution)),
         prune_include=tuple(checked.prune.include), prune_exclude=tuple(checked.prune.exclude),
-        frontier_rule=checked.frontier_rule,
+        frontier_rule=checked.frontier_rule, task=checked.task,
         resolved=_frozen(raw),
     )
     if structure == STRUCTURED and checked.criterion == "wanda":
@@ -725,9 +773,28 @@ def _model(checked: Any) -> ModelSpec:
         if path.is_file():
             sha = _file_sha256(path)
     normalize = checked.normalize
-    return ModelSpec(name=checked.name, options=_frozen(opts), source=checked.source or "builtin",
+    name = checked.name
+    if checked.source == "huggingface":
+        opts.pop("name", None)
+        if name is None:
+            name = f"{checked.model_type}-from-config"
+        else:
+            opts["pretrained"] = True
+            local = Path(name).expanduser()
+            if local.is_dir():  # a model directory counts by its content, like a checkpoint file
+                name = str(local.resolve())
+                sha = _dir_sha256(local)
+    return ModelSpec(name=name, options=_frozen(opts), source=checked.source or "builtin",
                      checkpoint=checkpoint, checkpoint_key=checked.checkpoint_key, checkpoint_sha256=sha,
                      normalize=_frozen(normalize) if isinstance(normalize, Mapping) else normalize)
+
+
+def _dir_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(path).as_posix().encode())
+        digest.update(_file_sha256(f).encode())
+    return digest.hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
@@ -741,7 +808,8 @@ def _file_sha256(path: Path) -> str:
 def _pretrain(checked: Any, model: ModelSpec) -> PretrainSpec:
     """Pretraining settings; a model that starts from a checkpoint is used as it is unless told otherwise."""
     given = _given(checked.pretrain)
-    if "epochs" not in given and model.checkpoint is not None:
+    if "epochs" not in given and (model.checkpoint is not None
+                                  or (model.source == "huggingface" and model.starts_from_weights)):
         given["epochs"] = 0
     if given.get("epochs", 1) == 0 and not model.starts_from_weights:
         raise SpecError("pretrain.epochs", "0 means: use the starting weights as they are, but the model starts "
@@ -773,6 +841,9 @@ def check_model(spec: SweepSpec) -> None:
     from tune_prune.data import describe
     from tune_prune.pruning.masks import PRUNABLE_TYPES, select_layers
 
+    if spec.task == "causal_lm":
+        _check_lm(spec)
+        return
     m = spec.model
     kw = spec.dataset.load_kwargs()
     in_shape, classes = describe(spec.dataset.name, root=kw.get("root"), **spec.dataset.kwargs_own())
@@ -828,6 +899,50 @@ def check_model(spec: SweepSpec) -> None:
         raise SpecError("prune", "include and exclude leave no layer to prune")
 
 
+def _check_lm(spec: SweepSpec) -> None:
+    """A causal LM's spec against its data: the corpus tokenizes (once: the result is cached for
+    the trials), the model builds for its vocabulary and reads a block, and the prune patterns
+    name Linear layers of it."""
+    import torch
+
+    from tune_prune import models
+    from tune_prune.data import load_dataset
+    from tune_prune.loop import prune_scope
+    from tune_prune.pruning.masks import select_layers
+
+    try:
+        data = load_dataset(spec.dataset.name, **spec.dataset.load_kwargs())
+    except (FileNotFoundError, ValueError) as exc:
+        field_name, _, message = str(exc).partition(": ")
+        if not field_name.startswith("dataset.") or not message:
+            field_name, message = "dataset", str(exc)
+        raise SpecError(field_name, message) from None
+    m = spec.model
+    try:
+        model = models.build(m, data.in_shape, data.num_classes, weights=False)
+    except (ValueError, TypeError, OSError) as exc:
+        field_name, _, message = str(exc).partition(": ")
+        if field_name.startswith("model.") and message:
+            raise SpecError(field_name, message) from None
+        raise SpecError("model", f"huggingface model {m.name!r} cannot be built: {str(exc).splitlines()[0][:300]}") \
+            from None
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and data.in_shape[0] > limit:
+        raise SpecError("dataset.block_size", f"{data.in_shape[0]} tokens, but the model reads at most {limit} "
+                        "(its max_position_embeddings)")
+    with torch.no_grad():
+        model.eval()(input_ids=data.labels("val")[:1])
+    layers = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)]
+    for which, patterns in (("include", spec.prune_include), ("exclude", spec.prune_exclude)):
+        for i, pattern in enumerate(patterns):
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in layers):
+                shown = ", ".join(layers[:12]) + (f" ... ({len(layers)} in all)" if len(layers) > 12 else "")
+                raise SpecError(f"prune.{which}[{i}]", f"{pattern!r} matches no Linear layer; layers: {shown}")
+    include, exclude = prune_scope(spec.trials()[0])
+    if not select_layers(layers, include, exclude):
+        raise SpecError("prune", "include and exclude leave no Linear layer to prune")
+
+
 def _lr_axis(checked: Any) -> list[float] | None:
     lr = checked.finetune.lr
     return lr if isinstance(lr, list) else None
@@ -835,11 +950,50 @@ def _lr_axis(checked: Any) -> list[float] | None:
 
 def _finetune(checked: Any) -> FinetuneSpec:
     """Fine-tuning settings; a list of learning rates becomes the strategies' lr axis, so the
-    shared settings keep the first (what dense trials, which do not fine-tune, carry)."""
+    shared settings keep the first (what dense trials, which do not fine-tune, carry).
+    The monitor defaults to the task's validation metric."""
+    from tune_prune.metrics import for_task
+
     given = _given(checked.finetune)
     if isinstance(given.get("lr"), list):
         given["lr"] = given["lr"][0]
+    metric = for_task(checked.task)
+    monitor = given.get("monitor") or metric.val
+    if monitor not in (metric.val, "val_loss"):
+        raise SpecError("finetune.monitor", f"{monitor} is not measured by task {checked.task}; accepted: "
+                        f"{metric.val}, val_loss")
+    given["monitor"] = monitor
     return FinetuneSpec(**given)
+
+
+#: what each task needs from the dataset and the model sections
+_TASK_PARTS = {"causal_lm": ("text", ("huggingface",)),
+               "classification": (None, ("builtin", "python", "timm", "torchvision"))}
+
+
+def _check_task(checked: Any) -> None:
+    """A causal LM needs a text dataset and a Hugging Face model; a classifier needs neither."""
+    from tune_prune.text import TEXT_DATASET
+
+    task = checked.task
+    is_text = checked.dataset.name == TEXT_DATASET
+    source = checked.model.source or "builtin"
+    if task == "causal_lm":
+        if not is_text:
+            raise SpecError("dataset.name", f"task causal_lm reads a text corpus: use name: {TEXT_DATASET} "
+                            f"(files or hf_dataset), not {checked.dataset.name!r}")
+        if source != "huggingface":
+            raise SpecError("model.source", "task causal_lm trains a Hugging Face causal LM: use source: "
+                            f"huggingface (a model directory, hub id or config), not {source}")
+        if checked.structure == STRUCTURED:
+            raise SpecError("structure", "structured pruning of a Hugging Face transformer (heads, MLP channels) "
+                            "is not supported: Torch-Pruning's graph tracing does not follow these models' "
+                            "attention reshapes here; use structure: unstructured")
+    else:
+        if is_text:
+            raise SpecError("task", f"dataset {TEXT_DATASET} is a text corpus: set task: causal_lm")
+        if source == "huggingface":
+            raise SpecError("task", "model.source huggingface is a causal language model: set task: causal_lm")
 
 
 def _strategies(checked: Any, raw: Mapping[str, Any], lr_axis: list[float] | None = None

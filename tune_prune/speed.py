@@ -93,7 +93,8 @@ def _sample_seconds(model: nn.Module, x: torch.Tensor, calls: int) -> float:
 
 @torch.inference_mode()
 def compare(models: dict[str, nn.Module], in_shape: tuple[int, ...], device: torch.device,
-            batch_size: int = 256, warmup: int = 3, repeats: int = 15, seed: int = 0) -> dict[str, Timing]:
+            batch_size: int = 256, warmup: int = 3, repeats: int = 15, seed: int = 0,
+            vocab_size: int | None = None) -> dict[str, Timing]:
     """Latency (batch 1) and throughput (``batch_size``) of each model, measured interleaved.
 
     Each sample is the mean of enough back-to-back calls to last MIN_SAMPLE_SECONDS
@@ -102,8 +103,12 @@ def compare(models: dict[str, nn.Module], in_shape: tuple[int, ...], device: tor
     always runs first (or always follows the same neighbour).
     """
     gen = torch.Generator().manual_seed(seed)
-    inputs = {"one": torch.randn(1, *in_shape, generator=gen).to(device),
-              "big": torch.randn(batch_size, *in_shape, generator=gen).to(device)}
+    if vocab_size is None:
+        inputs = {"one": torch.randn(1, *in_shape, generator=gen).to(device),
+                  "big": torch.randn(batch_size, *in_shape, generator=gen).to(device)}
+    else:  # a language model: random token blocks of its block size
+        inputs = {"one": torch.randint(0, vocab_size, (1, *in_shape), generator=gen).to(device),
+                  "big": torch.randint(0, vocab_size, (batch_size, *in_shape), generator=gen).to(device)}
     calls = {}
     for key, x in inputs.items():
         slowest = 0.0
@@ -124,14 +129,15 @@ def compare(models: dict[str, nn.Module], in_shape: tuple[int, ...], device: tor
 
 
 def speedup_metrics(dense: nn.Module, pruned: nn.Module, in_shape: tuple[int, ...], device: torch.device,
-                    structured: bool, batch_size: int = 256, warmup: int = 3, repeats: int = 15) -> dict[str, float]:
+                    structured: bool, batch_size: int = 256, warmup: int = 3, repeats: int = 15,
+                    vocab_size: int | None = None) -> dict[str, float]:
     """The metrics a trial logs: dense and pruned timings, their ratios, and the CSR export's if it applies."""
     models = {"dense": dense, "pruned": pruned}
     if not structured:
         csr, converted = to_csr(pruned)
         if converted:
             models["csr"] = csr
-    t = compare(models, in_shape, device, batch_size, warmup, repeats)
+    t = compare(models, in_shape, device, batch_size, warmup, repeats, vocab_size=vocab_size)
     out = {
         "dense_latency_ms": t["dense"].latency_ms,
         "dense_throughput": t["dense"].throughput,

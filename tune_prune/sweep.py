@@ -57,6 +57,13 @@ def _pretrain_remote(trial_dict: dict[str, Any], cache_dir: str, cpu: float, gpu
             "accelerator_seconds": result.wall_seconds * share}
 
 
+def _score(result: dict[str, Any], split: str) -> str:
+    """'0.9123' (accuracy) or 'perplexity 37.41', whichever metric the result carries."""
+    if f"{split}_perplexity" in result:
+        return f"perplexity {result[f'{split}_perplexity']:.2f}"
+    return f"{result.get(f'{split}_accuracy', float('nan')):.4f}"
+
+
 def _removed(result: dict[str, Any]) -> str:
     """Structured trials: what the channel ratio removed, measured."""
     if "mac_sparsity" not in result:
@@ -102,7 +109,7 @@ def _progress_callback(total: int, finished: Iterable[str] = ()):
             if result.get("n_events") and "event" in result:
                 self._say(f"{trial.custom_trial_name} event {int(result['event'])}/{int(result['n_events'])}"
                           f" sparsity {result.get('sparsity', float('nan')):.4f}{_removed(result)}"
-                          f" val {result.get('val_accuracy', float('nan')):.4f}"
+                          f" val {_score(result, 'val')}"
                           f" cost {int(result.get('cost_epochs', 0))} epochs")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -110,7 +117,7 @@ def _progress_callback(total: int, finished: Iterable[str] = ()):
                 return
             last = trial.last_result or {}
             self._say(f"done {trial.custom_trial_name}: sparsity {last.get('sparsity', 0):.4f}{_removed(last)}"
-                      f" test {last.get('test_accuracy', float('nan')):.4f}"
+                      f" test {_score(last, 'test')}"
                       f" cost {int(last.get('cost_epochs', 0))} epochs")
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -193,15 +200,16 @@ class _Fitter:
             # Optuna returns only what it samples: the constant knobs go with the bracket's base
             sampled = {k: v for k, v in space.items() if isinstance(v, Domain)}
             fixed = {k: v for k, v in space.items() if not isinstance(v, Domain)}
-            searchers[key] = NoRepeatSearcher(OptunaSearch(space={"point": sampled}, metric="val_accuracy",
-                                                           mode="max", seed=seed))
+            searchers[key] = NoRepeatSearcher(OptunaSearch(space={"point": sampled}, metric=self.spec.metric.val,
+                                                           mode=self.spec.metric.mode, seed=seed))
             schedulers[key] = ASHAScheduler(time_attr="milestone", max_t=-math.log2(1.0 - target),
                                             grace_period=min(s.grace_period, -math.log2(1.0 - target)),
                                             reduction_factor=s.reduction_factor)
             bases[key] = {"base": TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict(),
                           "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": fixed}
-        return self._run(name, {}, metric="val_accuracy", mode="max", num_samples=s.num_samples * len(brackets),
-                         search_alg=BracketSearcher(searchers, bases, s.num_samples),
+        metric = self.spec.metric
+        return self._run(name, {}, metric=metric.val, mode=metric.mode, num_samples=s.num_samples * len(brackets),
+                         search_alg=BracketSearcher(searchers, bases, s.num_samples, metric.val, metric.mode),
                          scheduler=BracketScheduler(schedulers))
 
 
@@ -254,7 +262,8 @@ def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> li
                     if r.error is None and r.metrics and r.metrics.get("event") == r.metrics.get("n_events")
                     and _bracket_key(r.config["bracket"]["schedule"], r.config["bracket"]["target"])
                     == _bracket_key(schedule, target)]
-            done.sort(key=lambda r: (-r.metrics["val_accuracy"], r.metrics["cost_epochs"]))
+            sign = -1 if spec.metric.higher_is_better else 1  # best validation metric first
+            done.sort(key=lambda r: (sign * r.metrics[spec.metric.val], r.metrics["cost_epochs"]))
             for r in done[: spec.search.confirm_top]:
                 point = dict(r.config["point"])
                 for seed in other_seeds:
@@ -283,12 +292,13 @@ class BracketSearcher:
     bracket is done after ``per_bracket`` suggestions or when its searcher says FINISHED.
     """
 
-    def __new__(cls, inner: dict[str, Any], bases: dict[str, dict[str, Any]], per_bracket: int):
+    def __new__(cls, inner: dict[str, Any], bases: dict[str, dict[str, Any]], per_bracket: int,
+                metric: str = "val_accuracy", mode: str = "max"):
         from ray.tune.search import Searcher
 
         class _Brackets(Searcher):
             def __init__(self) -> None:
-                super().__init__(metric="val_accuracy", mode="max")
+                super().__init__(metric=metric, mode=mode)
                 self.order = list(inner)
                 self.given = dict.fromkeys(inner, 0)
                 self.finished: set[str] = set()
@@ -570,12 +580,12 @@ def run_sweep(
         pre = ray.get([task.remote(t.to_dict(), cache_dir, res.cpu, res.gpu, asdict(spec.execution)) for t in by_key.values()])
         from tune_prune.loop import PretrainResult
 
-        results = {p["dense_key"]: PretrainResult(**p["result"]) for p in pre}
+        results = {p["dense_key"]: PretrainResult.from_dict(p["result"]) for p in pre}
         trained = sum(p["trained"] for p in pre)
         made = "taken as they are from their starting weights" if spec.pretrain.epochs == 0 else "trained"
         _say(out, f"dense models ready in {time.perf_counter() - t0:.1f}s ({trained} {made}, "
-                  f"{len(pre) - trained} from cache); val accuracy "
-                  + ", ".join(f"{k}={r.val_accuracy:.4f}" for k, r in results.items()))
+                  f"{len(pre) - trained} from cache); val {spec.metric.name} "
+                  + ", ".join(f"{k}={r.val_score:.4f}" for k, r in results.items()))
         tracker.log_pretraining(results, accelerator_seconds=sum(p["accelerator_seconds"] for p in pre))
 
         from tune_prune.trainable import TrialContext
@@ -769,7 +779,7 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
     last = records.sort_values("event").groupby("trial_key").tail(1)
     tracker.log_summary(
         {"trials_failed": len(failed), "trials_total": records["trial_key"].nunique(), "sweep_wall_seconds": wall,
-         "dense_test_accuracy": dense["test_accuracy_mean"],
+         f"dense_{spec.metric.test}": dense[f"{spec.metric.test}_mean"],
          "trials_cost_epochs_total": float(last["cost_epochs"].sum()),
          "trials_wall_seconds_total": float(last["wall_seconds"].sum()),
          "trials_accelerator_seconds_total": float(last["accelerator_seconds"].fillna(0).sum())},

@@ -32,7 +32,9 @@ import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tune_prune.loop import EpochRecord, EventRecord, PretrainResult
+from tune_prune.loop import EpochRecord, Evaluation, EventRecord, PretrainResult
+from tune_prune.metrics import ACCURACY, METRICS, for_task
+from tune_prune.metrics import Metric as TaskMetric
 from tune_prune.spec import SweepSpec, TrialSpec
 
 DEFAULT_DB = "mlflow.db"
@@ -82,13 +84,16 @@ TAG_RECORDS_FORMAT = "tune_prune.records"
 RECORD_CHUNK_CHARS = 7900
 
 EVENT_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "wall_seconds", "accelerator_seconds",
-                 "param_sparsity", "mac_sparsity", "patience_cut")
+                 "param_sparsity", "mac_sparsity", "patience_cut", "val_perplexity", "test_perplexity")
+#: the task of a sweep (its parent run); absent: classification (sweeps from before tasks existed)
+TAG_TASK = "tune_prune.task"
 #: measured once per trial, on its final model (tune_prune.speed); NaN where not measured
 SPEED_METRICS = ("latency_ms", "dense_latency_ms", "latency_speedup", "throughput", "dense_throughput",
                  "throughput_speedup", "csr_latency_speedup", "csr_throughput_speedup")
 MAX_PARAM_CHARS = 6000
 #: the final event's metrics that are also recorded on the trial's logged model
-MODEL_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "cost_epochs", "param_sparsity", "mac_sparsity")
+MODEL_METRICS = ("sparsity", "val_accuracy", "test_accuracy", "val_perplexity", "test_perplexity", "cost_epochs",
+                 "param_sparsity", "mac_sparsity")
 
 
 class CredentialsInUriError(ValueError):
@@ -286,23 +291,27 @@ def _column(kind: str, key: str) -> str:
 
 
 #: the columns the tune_prune view shows, after MLflow's own defaults (Source, Models, Dataset)
-VIEW_COLUMNS = (_column("attributes", "Source"), _column("attributes", "Models"), _column("attributes", "Dataset"),
-                _column("tags", TAG_STRATEGY_SHORT), _column("params", "target_sparsity"),
-                _column("params", "seed"), _column("metrics", "sparsity"), _column("metrics", "test_accuracy"),
-                _column("metrics", "val_accuracy"), _column("metrics", "cost_epochs"))
+def view_columns(metric: TaskMetric = ACCURACY) -> tuple[str, ...]:
+    return (_column("attributes", "Source"), _column("attributes", "Models"), _column("attributes", "Dataset"),
+            _column("tags", TAG_STRATEGY_SHORT), _column("params", "target_sparsity"),
+            _column("params", "seed"), _column("metrics", "sparsity"), _column("metrics", metric.test),
+            _column("metrics", metric.val), _column("metrics", "cost_epochs"))
 
 
-def runs_view(expanded: dict[str, bool] | None = None) -> dict[str, Any]:
+VIEW_COLUMNS = view_columns()
+
+
+def runs_view(expanded: dict[str, bool] | None = None, metric: TaskMetric = ACCURACY) -> dict[str, Any]:
     """The runs-table view state tune_prune stores on its experiments (MLflow 3.17's UI format).
 
     Grouped by the ``strategy`` tag, every run shown in charts (MLflow shows the first 10
     by default), the tune_prune columns, and one chart: final sparsity against test
-    accuracy, one point per trial. ``runsExpanded`` is kept for MLflow versions that read
+    metric (accuracy or perplexity), one point per trial. ``runsExpanded`` is kept for MLflow versions that read
     it from shared views; 3.17 leaves expansion to the browser.
     """
     section = "tune_prune"
     return {
-        "selectedColumns": list(VIEW_COLUMNS),
+        "selectedColumns": list(view_columns(metric)),
         "runsExpanded": dict(expanded or {}),
         "runsHiddenMode": "SHOW_ALL",
         "groupBy": {"aggregateFunction": "average",
@@ -311,11 +320,11 @@ def runs_view(expanded: dict[str, bool] | None = None) -> dict[str, Any]:
         # a scatter of group averages would mix target sparsities: plot each trial
         "useGroupedValuesInCharts": False,
         "hideEmptyCharts": True,
-        "compareRunSections": [{"uuid": section, "name": "tune_prune: sparsity vs test accuracy",
+        "compareRunSections": [{"uuid": section, "name": f"tune_prune: sparsity vs test {metric.name}",
                                 "display": True, "isReordered": False, "columns": 1, "cardHeight": 480}],
         "compareRunCharts": [{"uuid": "tune_prune-frontier", "type": "SCATTER", "metricSectionId": section,
                               "xaxis": {"key": "sparsity", "type": "METRIC"},
-                              "yaxis": {"key": "test_accuracy", "type": "METRIC"},
+                              "yaxis": {"key": metric.test, "type": "METRIC"},
                               "runsCountToCompare": 1000, "deleted": False, "isGenerated": False}],
     }
 
@@ -386,7 +395,7 @@ def dataset_entity(name: str, settings: dict[str, Any], bundle: Any) -> Dataset:
     h = hashlib.sha256(json.dumps({"name": name, **kept}, sort_keys=True, default=str).encode())
     sizes = {}
     for split in ("train", "val", "test"):
-        labels = getattr(bundle, f"y_{split}")
+        labels = bundle.labels(split)  # a text corpus: its token blocks
         sizes[f"{split}_examples"] = int(len(labels))
         h.update(split.encode())
         h.update(labels.detach().cpu().contiguous().numpy().tobytes())
@@ -407,6 +416,7 @@ class SweepTracker:
         self.experiment_name = experiment_name
         self.experiment_id = self._ensure_experiment()
         self.parent_run_id: str | None = None
+        self.metric = ACCURACY
 
     def _ensure_experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment_name)
@@ -423,9 +433,10 @@ class SweepTracker:
             self.experiment_id,
             run_name=run_name,
             tags={TAG_KIND: "sweep", "tune_prune.spec_name": spec.name, "tune_prune.smoke_test": str(smoke_test),
-                  TAG_FRONTIER_RULE: spec.frontier_rule, TAG_RECORDS_FORMAT: "v1"},
+                  TAG_FRONTIER_RULE: spec.frontier_rule, TAG_RECORDS_FORMAT: "v1", TAG_TASK: spec.task},
         )
         self.parent_run_id = run.info.run_id
+        self.metric = for_task(spec.task)
         self.publish_view()
         params = {
             "model": spec.model.name,
@@ -464,7 +475,7 @@ class SweepTracker:
         experiment holds (MLflow caps experiment tags at 20,000 characters).
         """
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG,
-                                       json.dumps(runs_view({self.parent_run_id: True})))
+                                       json.dumps(runs_view({self.parent_run_id: True}, self.metric)))
 
     def link_models(self, trial_names: list[str]) -> None:
         """Name these trials' logged models as the sweep run's outputs (its Models column): the
@@ -656,8 +667,9 @@ class TrialTracker:
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffered; written with the event's metrics in one batch."""
         ts = _now_ms()
-        for key in ("train_loss", "val_accuracy", "val_loss"):
-            self._pending.append(Metric(f"epoch_{key}", float(getattr(record, key)), ts, record.global_epoch))
+        named = record.named()
+        for key in ("train_loss", f"val_{record.metric}", "val_loss"):
+            self._pending.append(Metric(f"epoch_{key}", float(named[key]), ts, record.global_epoch))
 
     def log_event(self, record: EventRecord, totals: bool = False) -> None:
         """The event's metrics (and the buffered epochs'); ``totals``: the trial's totals too
@@ -681,9 +693,10 @@ class TrialTracker:
         params, self._pending_params = _params(self._pending_params), {}
         return params
 
-    def log_dense(self, val_accuracy: float, test_accuracy: float, pretrain: PretrainResult) -> None:
+    def log_dense(self, val: Evaluation, test: Evaluation, pretrain: PretrainResult) -> None:
+        """The dense baseline's metrics (``val``/``test``: the task's evaluations of the dense model)."""
         ts = _now_ms()
-        values = {"sparsity": 0.0, "val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
+        values = {"sparsity": 0.0, f"val_{val.metric}": val.score, f"test_{test.metric}": test.score,
                   "cost_epochs": 0.0, "wall_seconds": 0.0, "accelerator_seconds": 0.0,
                   "pretrain_epochs": pretrain.epochs, "pretrain_wall_seconds": pretrain.wall_seconds}
         self._events[0] = {k: float(v) for k, v in values.items() if k in EVENT_METRICS}
@@ -849,6 +862,10 @@ def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str, pare
     timings, repeated on each of its rows; NaN where not measured).
     """
     parent = parent_run if parent_run is not None else _client(tracking_uri).get_run(parent_run_id)
+    # only the sweep's own metric columns: which one a frame carries tells frontier and recommend
+    # the direction (tune_prune.metrics.of_columns)
+    metric = for_task(parent.data.tags.get(TAG_TASK, "classification"))
+    other = {c for m in METRICS.values() if m != metric for c in (m.val, m.test)}
     if parent.data.tags.get(TAG_RECORDS_FORMAT) == "v1":
         records = decode_records(parent.data.tags)
     else:
@@ -861,7 +878,7 @@ def load_records(tracking_uri: str, experiment_id: str, parent_run_id: str, pare
         speed = [rec["speed"].get(k, nan) for k in SPEED_METRICS]
         for step, values in sorted(rec["events"].items()):
             rows.append([*common, step, *[values.get(k, nan) for k in EVENT_METRICS], *speed])
-    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS).drop(columns=sorted(other))
 
 
 def log_artifacts(tracking_uri: str, run_id: str, files: list[Path]) -> None:

@@ -184,9 +184,10 @@ def _record_dense(trial: TrialSpec, env: _Prepared, device: torch.device, tracke
     """The dense baseline: the cached dense model evaluated once on val and test."""
     model = _dense_model(trial, env, device)
     val, test = evaluate(model, env.data, "val", fast=env.fast), evaluate(model, env.data, "test", fast=env.fast)
-    tracker.log_dense(val.accuracy, test.accuracy, env.pretrain)
-    _report({"event": 0, "sparsity": 0.0, "val_accuracy": val.accuracy,
-             "test_accuracy": test.accuracy, "cost_epochs": 0, "n_events": 0})
+    metric = trial.metric
+    tracker.log_dense(val, test, env.pretrain)
+    _report({"event": 0, "sparsity": 0.0, metric.val: val.score,
+             metric.test: test.score, "cost_epochs": 0, "n_events": 0})
 
 
 def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.device, share: float,
@@ -217,7 +218,9 @@ def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.de
         if ctx.speed.get("enabled", True):
             dense = _dense_model(trial, env, device)  # same layout as the trial's
             opts = {k: ctx.speed[k] for k in ("batch_size", "warmup", "repeats") if k in ctx.speed}
-            speed = speedup_metrics(dense, model, env.data.in_shape, device, trial.structure == STRUCTURED, **opts)
+            vocab = env.data.num_classes if trial.task == "causal_lm" else None
+            speed = speedup_metrics(dense, model, env.data.in_shape, device, trial.structure == STRUCTURED, **opts,
+                                    vocab_size=vocab)
         tracker.log_final_model(model, speed, layers)
 
     resume = _resume_state(own)

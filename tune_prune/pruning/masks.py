@@ -44,16 +44,19 @@ def select_layers(names: Iterable[str], include: Iterable[str] = (), exclude: It
 
 
 def prunable_parameters(model: nn.Module, include: Iterable[str] = (),
-                        exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+                        exclude: Iterable[str] = (), weights_only: bool = False) -> dict[str, nn.Parameter]:
     """Weights and biases of every Conv2d/Linear, keyed by their state-dict name, in module order.
 
     ``include``/``exclude`` are glob patterns on module names (``layer1.*``, ``fc``) that
     narrow the layers; by default every Conv2d and Linear is prunable, classifier included.
+    ``weights_only`` leaves biases dense (as language-model pruning does: Wanda, SparseGPT).
     """
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     found: dict[str, nn.Parameter] = {}
     for module_name in select_layers(layers, include, exclude):
         for pname, param in layers[module_name].named_parameters(recurse=False):
+            if weights_only and pname != "weight":
+                continue
             found[f"{module_name}.{pname}" if module_name else pname] = param
     return found
 
@@ -61,8 +64,9 @@ def prunable_parameters(model: nn.Module, include: Iterable[str] = (),
 class MaskSet:
     """Keep-masks (1 = kept, 0 = pruned) for the prunable parameters of one model."""
 
-    def __init__(self, model: nn.Module, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
-        self.params = prunable_parameters(model, include, exclude)
+    def __init__(self, model: nn.Module, include: Iterable[str] = (), exclude: Iterable[str] = (),
+                 weights_only: bool = False) -> None:
+        self.params = prunable_parameters(model, include, exclude, weights_only)
         if not self.params:
             raise ValueError("model has no Conv2d or Linear parameters to prune (after prune.include/exclude)")
         self.masks: dict[str, torch.Tensor] = {
