@@ -168,7 +168,8 @@ def config_points(
         agg["accelerator_seconds_max"] = ("accelerator_seconds", "max")
     per_config = points.groupby(["strategy", "sparsity_level", "config_key"], sort=False).agg(**agg).reset_index()
     per_config[std] = per_config[std].fillna(0.0)
-    per_config[m.column("test", "ci95")] = [ci95_halfwidth(sd, n) for sd, n in zip(per_config[std], per_config["seeds"])]
+    per_config[m.column("test", "ci95")] = [ci95_halfwidth(sd, n)
+                                            for sd, n in zip(per_config[std], per_config["seeds"])]
     if max_cost is not None:
         per_config = per_config[per_config["budget_cost_max"] <= max_cost]
     return per_config.drop(columns=["budget_cost_max"]).reset_index(drop=True)

@@ -61,7 +61,7 @@ def _candidate_keys(metric: Metric) -> dict[str, str]:
 @dataclass(frozen=True)
 class Comparison:
     method: str  # "paired t-test", "Welch t-test" or "none"
-    difference: float  # winner minus runner-up, mean test metric (negative where lower is better)
+    difference: float  # winner minus runner-up, mean test metric (a better perplexity winner: negative)
     p_value: float | None
     distinguishable: bool
     seeds_needed: int | None  # per strategy, to detect this difference; None if not estimable
