@@ -30,9 +30,9 @@ def test_winner_is_best_on_validation_and_runner_up_is_the_next_strategy():
     rec = recommend(_records(), 0.9, budget_epochs=40)
     assert rec.status == "ok"
     assert (rec.winner.strategy, rec.runner_up.strategy) == ("geometric", "hybrid")
-    assert rec.winner.test_accuracy_mean == pytest.approx(0.84)
+    assert rec.winner.test_mean == pytest.approx(0.84)
     sd = pd.Series([0.83, 0.84, 0.85]).std()
-    assert rec.winner.test_accuracy_ci95 == pytest.approx(stats.t.ppf(0.975, 2) * sd / math.sqrt(3))
+    assert rec.winner.test_ci95 == pytest.approx(stats.t.ppf(0.975, 2) * sd / math.sqrt(3))
 
 
 def test_budget_removes_configurations_whose_slowest_seed_overspent():

@@ -181,6 +181,7 @@ def _budget_list(text: str | None, flag: str) -> list[float]:
 def cmd_frontier(args: argparse.Namespace) -> int:
     from tune_prune import frontier as fr
     from tune_prune import report
+    from tune_prune.metrics import of_columns
 
     equal_budgets = _budget_list(args.equal_budget, "--equal-budget")
     try:
@@ -188,14 +189,15 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     except LookupError as exc:
         return _fail(str(exc))
     rule = _frontier_rule(args, run)
-    front = fr.frontier(finished, rule=rule)
+    metric = of_columns(finished.columns)
+    front = fr.frontier(finished, rule=rule, metric=metric)
     print(f"sweep run {run.info.run_name} ({run.info.run_id}), {finished['trial_key'].nunique()} trials recorded"
-          f"; frontier rule {rule}")
-    print(report.format_frontier(front, fr.dense_baseline(finished), finished))
+          f"; frontier rule {rule}" + ("" if metric.higher_is_better else f"; {metric.name}: {metric.direction}"))
+    print(report.format_frontier(front, fr.dense_baseline(finished, metric), finished, metric=metric))
     if equal_budgets:
-        table = fr.natural_budget(finished, equal_budgets)
-        print(f"\n{report.NATURAL_BUDGET_TITLE}:")
-        print(report.natural_budget_table(table).to_string() if not table.empty else "  no untruncated runs")
+        table = fr.natural_budget(finished, equal_budgets, metric=metric)
+        print(f"\n{report.natural_budget_title(metric)}:")
+        print(report.natural_budget_table(table, metric).to_string() if not table.empty else "  no untruncated runs")
     if args.csv:
         report.write_csv(front, args.csv)
         print(f"frontier written to {args.csv}")

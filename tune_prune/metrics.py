@@ -31,6 +31,10 @@ class Metric:
     def test(self) -> str:
         return f"test_{self.name}"
 
+    def column(self, split: str, stat: str) -> str:
+        """A frontier column: ``column("test", "ci95")`` -> 'test_accuracy_ci95'."""
+        return f"{split}_{self.name}_{stat}"
+
     @property
     def mode(self) -> str:
         """Ray Tune / Optuna / Patience direction."""
@@ -39,6 +43,15 @@ class Metric:
     def better(self, a: float, b: float) -> bool:
         """Strictly better: a beats b."""
         return a > b if self.higher_is_better else a < b
+
+    @property
+    def ascending(self) -> bool:
+        """How to sort so that the best value comes first (pandas' ``ascending``)."""
+        return not self.higher_is_better
+
+    def score(self, value: float) -> float:
+        """The value turned so that larger is always better (for dominance checks)."""
+        return value if self.higher_is_better else -value
 
     def worst(self) -> float:
         return -math.inf if self.higher_is_better else math.inf

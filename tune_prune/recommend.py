@@ -5,14 +5,19 @@ Protocol:
    reaching S, per frontier rules) for which every seed spent at most the budget
    (fine-tuning epochs and/or accelerator-seconds).
 2. Each strategy is represented by its configuration with the best mean
-   VALIDATION accuracy; the winner is the strategy whose representative has the
-   best validation accuracy (ties: lower cost). The runner-up is the next strategy.
-3. The claim is then checked on TEST accuracy over seeds: a paired t-test when the
+   VALIDATION metric (the task's: accuracy, highest; perplexity, lowest); the
+   winner is the strategy whose representative has the best validation metric
+   (ties: lower cost). The runner-up is the next strategy.
+3. The claim is then checked on the TEST metric over seeds: a paired t-test when the
    two configurations share at least two seeds (same seed = same dense model and
    data order, so pairing removes that variance), else Welch's t-test when both
    have two or more seeds, else no test. "Distinguishable" means p < alpha.
 4. Seeds needed: the normal-approximation sample size that would detect the
    observed difference with the observed spread at the given alpha and power.
+
+A Candidate's fields are metric-neutral (val_mean, test_mean, ...);
+``Recommendation.to_dict`` names them after the metric (val_accuracy_mean,
+val_perplexity_mean, ...), which is what ``tune-prune recommend --json`` prints.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from tune_prune import frontier as fr
+from tune_prune.metrics import ACCURACY, METRICS, Metric, of_columns
 
 
 @dataclass(frozen=True)
@@ -33,22 +39,29 @@ class Candidate:
     config: str
     config_key: str
     seeds: int
-    val_accuracy_mean: float
-    test_accuracy_mean: float
-    test_accuracy_std: float
-    test_accuracy_ci95: float
+    val_mean: float  # of the task's metric, over seeds
+    test_mean: float
+    test_std: float
+    test_ci95: float  # half-width of the 95% CI of test_mean
     sparsity_mean: float
     cost_epochs_mean: float
     cost_epochs_max: float
     accelerator_seconds_max: float | None
-    per_seed_test_accuracy: dict[int, float]
+    per_seed_test: dict[int, float]
     trials: list[str]
+
+
+def _candidate_keys(metric: Metric) -> dict[str, str]:
+    """Candidate field -> the key ``to_dict`` gives it (the metric's own column names)."""
+    return {"val_mean": metric.column("val", "mean"), "test_mean": metric.column("test", "mean"),
+            "test_std": metric.column("test", "std"), "test_ci95": metric.column("test", "ci95"),
+            "per_seed_test": f"per_seed_{metric.test}"}
 
 
 @dataclass(frozen=True)
 class Comparison:
     method: str  # "paired t-test", "Welch t-test" or "none"
-    difference: float  # winner minus runner-up, mean test accuracy
+    difference: float  # winner minus runner-up, mean test metric (a better perplexity winner: negative)
     p_value: float | None
     distinguishable: bool
     seeds_needed: int | None  # per strategy, to detect this difference; None if not estimable
@@ -69,12 +82,26 @@ class Recommendation:
     message: str = ""
     alpha: float = 0.05
     power: float = 0.8
+    metric: str = ACCURACY.name  # the task's metric (tune_prune.metrics.METRICS)
+    higher_is_better: bool = True
+
+    @property
+    def scored_by(self) -> Metric:
+        return METRICS[self.metric]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON API: candidates' metric fields named after the metric (test_accuracy_mean,
+        test_perplexity_mean, ...), plus ``metric`` and ``higher_is_better``."""
+        keys = _candidate_keys(self.scored_by)
+        out = asdict(self)
+        for name in ("winner", "runner_up"):
+            if out[name] is not None:
+                out[name] = {keys.get(k, k): v for k, v in out[name].items()}
+        out["candidates"] = [{keys.get(k, k): v for k, v in c.items()} for c in out["candidates"]]
+        return out
 
 
-def _candidate(row: pd.Series, points: pd.DataFrame) -> Candidate:
+def _candidate(row: pd.Series, points: pd.DataFrame, metric: Metric) -> Candidate:
     mine = points[points["config_key"] == row["config_key"]]
     accel = row.get("accelerator_seconds_max")
     return Candidate(
@@ -82,15 +109,15 @@ def _candidate(row: pd.Series, points: pd.DataFrame) -> Candidate:
         config=row["config"],
         config_key=row["config_key"],
         seeds=int(row["seeds"]),
-        val_accuracy_mean=float(row["val_accuracy_mean"]),
-        test_accuracy_mean=float(row["test_accuracy_mean"]),
-        test_accuracy_std=float(row["test_accuracy_std"]),
-        test_accuracy_ci95=float(row["test_accuracy_ci95"]),
+        val_mean=float(row[metric.column("val", "mean")]),
+        test_mean=float(row[metric.column("test", "mean")]),
+        test_std=float(row[metric.column("test", "std")]),
+        test_ci95=float(row[metric.column("test", "ci95")]),
         sparsity_mean=float(row["sparsity_mean"]),
         cost_epochs_mean=float(row["cost_epochs_mean"]),
         cost_epochs_max=float(row["cost_epochs_max"]),
         accelerator_seconds_max=None if accel is None or pd.isna(accel) else float(accel),
-        per_seed_test_accuracy={int(s): float(a) for s, a in zip(mine["seed"], mine["test_accuracy"])},
+        per_seed_test={int(s): float(a) for s, a in zip(mine["seed"], mine[metric.test])},
         trials=sorted(mine["trial_name"]) if "trial_name" in mine.columns else [],
     )
 
@@ -100,12 +127,13 @@ def _z(p: float) -> float:
 
 
 def compare(a: Candidate, b: Candidate, alpha: float = 0.05, power: float = 0.8) -> Comparison:
-    """Is a's test accuracy distinguishable from b's with the seeds available?"""
-    diff = a.test_accuracy_mean - b.test_accuracy_mean
+    """Is a's test metric distinguishable from b's with the seeds available? (``difference``
+    is a minus b; the tests are two-sided, so the metric's direction does not enter.)"""
+    diff = a.test_mean - b.test_mean
     za = _z(1 - alpha / 2) + _z(power)
-    common = sorted(set(a.per_seed_test_accuracy) & set(b.per_seed_test_accuracy))
+    common = sorted(set(a.per_seed_test) & set(b.per_seed_test))
     if len(common) >= 2:
-        d = [a.per_seed_test_accuracy[s] - b.per_seed_test_accuracy[s] for s in common]
+        d = [a.per_seed_test[s] - b.per_seed_test[s] for s in common]
         sd = pd.Series(d).std()
         mean_d = sum(d) / len(d)
         if sd == 0:
@@ -113,14 +141,14 @@ def compare(a: Candidate, b: Candidate, alpha: float = 0.05, power: float = 0.8)
             note = ("every seed shows the same difference; with this few seeds that is as likely an "
                     "artefact of a coarse test set as a real effect") if mean_d != 0 else "identical on every seed"
             return Comparison("paired t-test", diff, p, mean_d != 0 and len(common) >= 3, None, note)
-        p = float(stats.ttest_rel([a.per_seed_test_accuracy[s] for s in common],
-                                  [b.per_seed_test_accuracy[s] for s in common]).pvalue)
+        p = float(stats.ttest_rel([a.per_seed_test[s] for s in common],
+                                  [b.per_seed_test[s] for s in common]).pvalue)
         need = None if mean_d == 0 else max(2, math.ceil((za * sd / abs(mean_d)) ** 2))
         return Comparison("paired t-test", diff, p, p < alpha, need, f"paired over seeds {common}")
     if a.seeds >= 2 and b.seeds >= 2:
-        pa, pb = list(a.per_seed_test_accuracy.values()), list(b.per_seed_test_accuracy.values())
+        pa, pb = list(a.per_seed_test.values()), list(b.per_seed_test.values())
         p = float(stats.ttest_ind(pa, pb, equal_var=False).pvalue)
-        var = a.test_accuracy_std**2 + b.test_accuracy_std**2
+        var = a.test_std**2 + b.test_std**2
         need = None if diff == 0 or var == 0 else max(2, math.ceil(za**2 * var / diff**2))
         return Comparison("Welch t-test", diff, None if p != p else p, p == p and p < alpha, need,
                           "seeds not shared, unpaired comparison")
@@ -130,18 +158,22 @@ def compare(a: Candidate, b: Candidate, alpha: float = 0.05, power: float = 0.8)
 
 
 def _nearest(records: pd.DataFrame, sparsity: float, budget_epochs: float | None,
-             budget_accel: float | None, rule: str = "all_events") -> list[dict[str, Any]]:
-    """What the experiment does have: the cheapest point at S per strategy, and the closest levels within budget."""
+             budget_accel: float | None, rule: str = "all_events",
+             metric: Metric | None = None) -> list[dict[str, Any]]:
+    """What the experiment does have: the cheapest point at S per strategy, and the closest levels within
+    budget (each entry's metric under its own name, ``test_<metric>_mean``)."""
+    m = metric if metric is not None else of_columns(records.columns)
+    test_mean, val_mean = m.column("test", "mean"), m.column("val", "mean")
     out: list[dict[str, Any]] = []
-    at_s = fr.config_points(records, [sparsity], rule=rule)
+    at_s = fr.config_points(records, [sparsity], rule=rule, metric=m)
     if not at_s.empty:
         for strategy, part in at_s.groupby("strategy"):
             cheapest = part.sort_values("cost_epochs_max").iloc[0]
             out.append({"kind": "at_sparsity_over_budget", "strategy": strategy, "sparsity": sparsity,
                         "cost_epochs_max": float(cheapest["cost_epochs_max"]),
-                        "test_accuracy_mean": float(cheapest["test_accuracy_mean"]), "config": cheapest["config"]})
+                        test_mean: float(cheapest[test_mean]), "config": cheapest["config"]})
     levels = sorted(set(fr.default_levels(records)) | set(records["sparsity"].round(4)))
-    within = fr.config_points(records, levels, rule=rule)
+    within = fr.config_points(records, levels, rule=rule, metric=m)
     if budget_epochs is not None:
         within = within[within["cost_epochs_max"] <= budget_epochs]
     if budget_accel is not None and "accelerator_seconds_max" in within.columns:
@@ -150,10 +182,10 @@ def _nearest(records: pd.DataFrame, sparsity: float, budget_epochs: float | None
         within = within.assign(distance=(within["sparsity_mean"] - sparsity).abs())
         # one configuration reaches many levels through the same event: list each model once
         within = within.drop_duplicates(subset=["config_key", "sparsity_mean"])
-        for _, row in within.sort_values(["distance", "val_accuracy_mean"], ascending=[True, False]).head(3).iterrows():
+        for _, row in within.sort_values(["distance", val_mean], ascending=[True, m.ascending]).head(3).iterrows():
             out.append({"kind": "within_budget_nearest_sparsity", "strategy": row["strategy"],
                         "sparsity": float(row["sparsity_mean"]), "cost_epochs_max": float(row["cost_epochs_max"]),
-                        "test_accuracy_mean": float(row["test_accuracy_mean"]), "config": row["config"]})
+                        test_mean: float(row[test_mean]), "config": row["config"]})
     return out
 
 
@@ -165,30 +197,34 @@ def recommend(
     alpha: float = 0.05,
     power: float = 0.8,
     rule: str = "all_events",
+    metric: Metric | None = None,
 ) -> Recommendation:
     """The best strategy at sparsity >= ``sparsity`` within the budget, and how sure that is.
 
-    ``rule`` is the frontier rule (tune_prune.frontier.FRONTIER_RULES) that decides which events count.
+    ``rule`` is the frontier rule (tune_prune.frontier.FRONTIER_RULES) that decides which events count;
+    ``metric`` is the one the records carry unless given.
     """
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
-    rec = Recommendation(sparsity, budget_epochs, budget_accelerator_seconds, "no_data", alpha=alpha, power=power)
+    m = metric if metric is not None else of_columns(records.columns)
+    rec = Recommendation(sparsity, budget_epochs, budget_accelerator_seconds, "no_data", alpha=alpha, power=power,
+                         metric=m.name, higher_is_better=m.higher_is_better)
     pruned = records[records["strategy"] != fr.DENSE]
-    per_config = fr.config_points(pruned, [sparsity], rule=rule)
+    per_config = fr.config_points(pruned, [sparsity], rule=rule, metric=m)
     if budget_epochs is not None:
         per_config = per_config[per_config["cost_epochs_max"] <= budget_epochs]
     if budget_accelerator_seconds is not None:
         if "accelerator_seconds_max" not in per_config.columns:
             raise ValueError("these records carry no accelerator_seconds; use an epoch budget")
         per_config = per_config[per_config["accelerator_seconds_max"] <= budget_accelerator_seconds]
-    best = fr.best_per_strategy(per_config)
+    best = fr.best_per_strategy(per_config, m)
     if best.empty:
-        rec.nearest = _nearest(pruned, sparsity, budget_epochs, budget_accelerator_seconds, rule)
+        rec.nearest = _nearest(pruned, sparsity, budget_epochs, budget_accelerator_seconds, rule, m)
         rec.message = "no configuration reached this sparsity within this budget"
         return rec
     points = fr.level_points(pruned, [sparsity], rule)
-    ranked = best.sort_values(["val_accuracy_mean", "cost_epochs_mean"], ascending=[False, True])
-    rec.candidates = [_candidate(row, points) for _, row in ranked.iterrows()]
+    ranked = best.sort_values([m.column("val", "mean"), "cost_epochs_mean"], ascending=[m.ascending, True])
+    rec.candidates = [_candidate(row, points, m) for _, row in ranked.iterrows()]
     rec.winner = rec.candidates[0]
     if len(rec.candidates) == 1:
         rec.status = "single_strategy"
@@ -197,13 +233,14 @@ def recommend(
     rec.status = "ok"
     rec.runner_up = rec.candidates[1]
     rec.comparison = compare(rec.winner, rec.runner_up, alpha, power)
-    if rec.winner.val_accuracy_mean == rec.runner_up.val_accuracy_mean:
-        rec.message = "tie on validation accuracy; the cheaper strategy is listed first"
+    if rec.winner.val_mean == rec.runner_up.val_mean:
+        rec.message = f"tie on validation {m.name}; the cheaper strategy is listed first"
     return rec
 
 
 def format_recommendation(rec: Recommendation) -> str:
-    """Human-readable text for the CLI."""
+    """Human-readable text for the CLI, in the recommendation's metric."""
+    m = rec.scored_by
     budget = []
     if rec.budget_epochs is not None:
         budget.append(f"{rec.budget_epochs:g} fine-tuning epochs")
@@ -218,19 +255,18 @@ def format_recommendation(rec: Recommendation) -> str:
             for n in rec.nearest:
                 where = "over budget" if n["kind"] == "at_sparsity_over_budget" else "within budget"
                 lines.append(f"    {where}: {n['strategy']} at sparsity {n['sparsity']:.4g}, test "
-                             f"{n['test_accuracy_mean'] * 100:.2f} %, cost up to {n['cost_epochs_max']:g} epochs "
-                             f"({n['config']})")
+                             f"{_named(m)}{m.fmt(n[m.column('test', 'mean')])}, cost up to {n['cost_epochs_max']:g} "
+                             f"epochs ({n['config']})")
         else:
             lines.append("  the experiment has no pruned model within this budget at any sparsity")
         return "\n".join(lines)
 
     def describe(label: str, c: Candidate) -> list[str]:
-        lo = max(0.0, (c.test_accuracy_mean - c.test_accuracy_ci95) * 100)
-        hi = min(100.0, (c.test_accuracy_mean + c.test_accuracy_ci95) * 100)
+        lo, hi = m.interval(c.test_mean, c.test_ci95)
         ci = f"95% CI {lo:.2f}-{hi:.2f}" if c.seeds >= 2 else "no CI: 1 seed"
         return [f"  {label:<10} {c.strategy}  ({c.config})",
-                f"             test accuracy {c.test_accuracy_mean * 100:.2f} % ({ci}, {c.seeds} seed(s)); "
-                f"val {c.val_accuracy_mean * 100:.2f} %; measured sparsity {c.sparsity_mean:.4f}; "
+                f"             test {m.name} {m.fmt(c.test_mean)} ({ci}, {c.seeds} seed(s)); "
+                f"val {m.fmt(c.val_mean)}; measured sparsity {c.sparsity_mean:.4f}; "
                 f"cost {c.cost_epochs_mean:.1f} epochs (max {c.cost_epochs_max:g})"]
 
     lines += describe("winner:", rec.winner)
@@ -239,7 +275,8 @@ def format_recommendation(rec: Recommendation) -> str:
         cmp = rec.comparison
         verdict = "distinguishable" if cmp.distinguishable else "NOT distinguishable"
         pv = f"p = {cmp.p_value:.3g}" if cmp.p_value is not None else "no test possible"
-        lines.append(f"  difference {cmp.difference * 100:+.2f} pt test accuracy; {cmp.method}: {pv} -> {verdict} "
+        lines.append(f"  difference {m.shown(cmp.difference):+.2f}{' pt' if m.percent else ''} test {m.name}"
+                     f"{'' if m.higher_is_better else f' ({m.direction})'}; {cmp.method}: {pv} -> {verdict} "
                      f"at alpha {rec.alpha:g}")
         if cmp.seeds_needed is not None and not cmp.distinguishable:
             lines.append(f"  about {cmp.seeds_needed} seeds per strategy would settle a difference this size "
@@ -248,9 +285,15 @@ def format_recommendation(rec: Recommendation) -> str:
     if rec.message:
         lines.append(f"  note: {rec.message}")
     lines.append(f"  evidence: {len(rec.candidates)} strategies with a model at sparsity >= {rec.sparsity:g} "
-                 "within budget; best configuration each (by validation accuracy):")
+                 f"within budget; best configuration each (by validation {m.name}"
+                 f"{'' if m.higher_is_better else ', ' + m.direction}):")
     for c in rec.candidates:
-        lines.append(f"    {c.strategy:<10} val {c.val_accuracy_mean * 100:6.2f}  test {c.test_accuracy_mean * 100:6.2f} "
-                     f"± {c.test_accuracy_ci95 * 100:.2f}  cost {c.cost_epochs_mean:5.1f} epochs  seeds {c.seeds}  "
+        lines.append(f"    {c.strategy:<10} val {m.shown(c.val_mean):6.2f}  test {m.shown(c.test_mean):6.2f} "
+                     f"± {m.shown(c.test_ci95):.2f}  cost {c.cost_epochs_mean:5.1f} epochs  seeds {c.seeds}  "
                      f"trials {', '.join(c.trials)}")
     return "\n".join(lines)
+
+
+def _named(metric: Metric) -> str:
+    """'' for accuracy (its lines read 'test 84.00 %', as they always have), 'perplexity ' otherwise."""
+    return "" if metric == ACCURACY else f"{metric.name} "

@@ -1,4 +1,9 @@
-"""Frontier analysis -> printable tables, CSVs, PNG plots and a self-contained HTML page."""
+"""Frontier analysis -> printable tables, CSVs, PNG plots and a self-contained HTML page.
+
+Every table, note and plot speaks the sweep's metric (``tune_prune.metrics``), read from
+the frames' columns: accuracy in percent for classification, perplexity (lower is better)
+for a causal language model.
+"""
 
 from __future__ import annotations
 
@@ -11,34 +16,61 @@ import numpy as np
 import pandas as pd
 
 from tune_prune import frontier as fr
+from tune_prune.metrics import ACCURACY, Metric, of_columns
 from tune_prune.recommend import recommend
 
 COLORS = {"one_shot": "tab:blue", "constant": "tab:orange", "geometric": "tab:green", "hybrid": "tab:red"}
 
 
-def format_frontier(front: pd.DataFrame, dense: dict[str, float], records: pd.DataFrame | None = None) -> str:
-    """The table a sweep ends with: test accuracy (%) per sparsity and strategy, plus the dense baseline.
+def _metric(frame: pd.DataFrame | dict, metric: Metric | None = None) -> Metric:
+    """The metric given, else the one a frame's columns (or a dense baseline's keys) carry."""
+    return metric if metric is not None else of_columns(frame.keys())
+
+
+def _test_label(m: Metric) -> str:
+    """'test accuracy (%)'; 'test perplexity (lower is better)': only the less usual direction is spelled out."""
+    return m.label("test") + ("" if m.higher_is_better else f" ({m.direction})")
+
+
+def _short(m: Metric) -> str:
+    """A narrow table column for the test metric."""
+    return "test acc (%)" if m.name == "accuracy" else f"test {m.name}"
+
+
+def _mean_std(m: Metric, mean: float, std: float) -> str:
+    """'96.00 ± 1.41 %' or '37.41 ± 0.52'."""
+    return f"{m.shown(mean):.2f} ± {m.shown(std):.2f}" + (" %" if m.percent else "")
+
+
+def _dense_text(m: Metric, dense: dict[str, float]) -> str:
+    """'test accuracy 96.00 ± 1.41 % over 2 seed(s)'."""
+    mean, std = dense[m.column("test", "mean")], dense[m.column("test", "std")]
+    return f"test {m.name} {_mean_std(m, mean, std)} over {dense['seeds']} seed(s)"
+
+
+def format_frontier(front: pd.DataFrame, dense: dict[str, float], records: pd.DataFrame | None = None,
+                    metric: Metric | None = None) -> str:
+    """The table a sweep ends with: the test metric per sparsity and strategy, plus the dense baseline.
 
     With ``records``, strategies whose patience the budget cut are named first.
     """
+    m = _metric(front if len(front.columns) else dense, metric)
     lines = fr.patience_cut_lines(records) if records is not None else []
     if dense.get("seeds"):
-        lines.append(
-            f"dense baseline (sparsity 0): test accuracy {dense['test_accuracy_mean'] * 100:.2f} "
-            f"± {dense['test_accuracy_std'] * 100:.2f} % over {dense['seeds']} seed(s)"
-        )
-    table = fr.pivot(front)
+        lines.append(f"dense baseline (sparsity 0): {_dense_text(m, dense)}")
+    table = fr.pivot(front, m)
     if table.empty:
         lines.append("no pruned trial finished: no frontier")
     else:
-        lines.append("test accuracy (%) of each strategy's best configuration (chosen on validation), mean ± std over seeds:")
+        lines.append(f"{_test_label(m)} of each strategy's best configuration (chosen on validation), "
+                     "mean ± std over seeds:")
         lines.append(table.to_string())
-        speed = speed_table(front)
+        speed = speed_table(front, m)
         if not speed.empty:
             timed = any("speed-up" in c for c in speed.columns)
             lines.append("measured on the models" + (" (speed-up = dense time / pruned time of final models; "
                                                      "'-' = level passed on the way)" if timed else "") + ":")
-            lines.append(speed.drop(columns=["test acc (%)"]).to_string(index=False))
+            lines.append(speed.drop(columns=[_short(m)]).to_string(index=False))
     return "\n".join(lines)
 
 
@@ -50,21 +82,23 @@ def _times(v: float) -> str:
     return "-" if pd.isna(v) else f"{v:.2f}x"
 
 
-def speed_table(front: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy next to what was removed and the measured speed of each frontier point's final models.
+def speed_table(front: pd.DataFrame, metric: Metric | None = None) -> pd.DataFrame:
+    """The test metric next to what was removed and the measured speed of each frontier point's final models.
 
     Speed cells are '-' where the point is an intermediate event of a sparser run
     (its final model is not the model at that level) or where timing was off.
     """
     if front.empty or "latency_speedup_mean" not in front.columns:
         return pd.DataFrame()
+    m = _metric(front, metric)
     rows, structured = [], fr.is_structured(front)
     level = "channel ratio" if structured else "sparsity"
+    front = front.assign(metric_test_mean=front[m.column("test", "mean")])
     for r in front.sort_values(["sparsity_level", "strategy"]).itertuples():
         row = {
             level: f"{r.sparsity_level:g}",
             "strategy": r.strategy,
-            "test acc (%)": f"{r.test_accuracy_mean * 100:.2f}",
+            _short(m): f"{m.shown(r.metric_test_mean):.2f}",
             "params removed (%)": _pct(getattr(r, "param_sparsity_mean", float("nan"))),
             "MACs removed (%)": _pct(getattr(r, "mac_sparsity_mean", float("nan"))),
             "latency ms (dense)": "-" if pd.isna(r.latency_ms_mean)
@@ -99,40 +133,58 @@ def _pyplot():
     return plt
 
 
-def plot_frontier(front: pd.DataFrame, dense: dict[str, float], path: str | Path, title: str = "") -> Path:
-    """Test accuracy vs sparsity per strategy, 95% CI band over seeds, dense baseline dashed."""
+def plot_frontier(front: pd.DataFrame, dense: dict[str, float], path: str | Path, title: str = "",
+                  metric: Metric | None = None) -> Path:
+    """The test metric vs sparsity per strategy, 95% CI band over seeds, dense baseline dashed."""
     plt = _pyplot()
+    m = _metric(front if len(front.columns) else dense, metric)
+    test_mean, ci95 = m.column("test", "mean"), m.column("test", "ci95")
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for strategy, part in front.groupby("strategy"):
         part = part.sort_values("sparsity_level")
         x = part["sparsity_level"] * 100
-        y = part["test_accuracy_mean"] * 100
-        ci = part["test_accuracy_ci95"] * 100 if "test_accuracy_ci95" in part else 0 * y
+        mean = part[test_mean]
+        half = part[ci95] if ci95 in part else 0 * mean
+        band = [m.interval(a, h) for a, h in zip(mean, half)]  # clipped to what the metric can take
         color = COLORS.get(strategy)
-        ax.plot(x, y, marker="o", label=strategy, color=color)
-        ax.fill_between(x, (y - ci).clip(lower=0), (y + ci).clip(upper=100), alpha=0.15, color=color)
+        ax.plot(x, mean.map(m.shown), marker="o", label=strategy, color=color)
+        ax.fill_between(x, [lo for lo, _ in band], [hi for _, hi in band], alpha=0.15, color=color)
     if dense.get("seeds"):
-        ax.axhline(dense["test_accuracy_mean"] * 100, color="black", linestyle="--", linewidth=1,
-                   label=f"dense ({dense['test_accuracy_mean'] * 100:.1f}%)")
+        base = dense[test_mean]
+        ax.axhline(m.shown(base), color="black", linestyle="--", linewidth=1,
+                   label=f"dense ({m.shown(base):.1f}{'%' if m.percent else ''})")
     if not front.empty:
         # scale to the means; with two or three seeds a 95% band can span most of the axis
-        low = float(front["test_accuracy_mean"].min() * 100)
-        ax.set_ylim(max(0.0, low - 0.25 * (100 - low) - 2), 100.5)
+        if m.percent:
+            low = float(m.shown(front[test_mean].min()))
+            ax.set_ylim(max(0.0, low - 0.25 * (100 - low) - 2), 100.5)
+        else:
+            values = [m.shown(v) for v in [*front[test_mean], dense.get(test_mean, float("nan"))] if v == v]
+            low, high = min(values), max(values)
+            if high > 10 * low:  # unbounded above: a heavily pruned model's perplexity can dwarf the dense one's
+                ax.set_yscale("log")
+                ax.set_ylim(low / 1.2, high * 1.5)
+            else:
+                pad = 0.25 * (high - low) + 0.5
+                ax.set_ylim(max(m.floor, low - pad), high + pad)
     ax.set_xlabel("sparsity (% of prunable weights removed)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "accuracy-sparsity frontier (band: 95% CI over seeds)")
+    ax.set_ylabel(m.label("test"))
+    direction = "" if m.higher_is_better else f"{m.direction}; "
+    ax.set_title(title or f"{m.name}-sparsity frontier ({direction}band: 95% CI over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left" if m.higher_is_better else "upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_budget(matched: pd.DataFrame, levels: Sequence[float], path: str | Path) -> Path:
-    """Best test accuracy reachable within each budget, one panel per sparsity level."""
+def plot_budget(matched: pd.DataFrame, levels: Sequence[float], path: str | Path,
+                metric: Metric | None = None) -> Path:
+    """Best test metric reachable within each budget, one panel per sparsity level."""
     plt = _pyplot()
+    m = _metric(matched, metric)
     path = Path(path)
     levels = list(levels)
     fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.6), dpi=110, squeeze=False)
@@ -140,13 +192,13 @@ def plot_budget(matched: pd.DataFrame, levels: Sequence[float], path: str | Path
         part = matched[np.isclose(matched["sparsity_level"], level)]
         for strategy, s in part.groupby("strategy"):
             s = s.sort_values("budget")
-            ax.plot(s["budget"], s["test_accuracy_mean"] * 100, marker="o", drawstyle="steps-post",
+            ax.plot(s["budget"], s[m.column("test", "mean")].map(m.shown), marker="o", drawstyle="steps-post",
                     label=strategy, color=COLORS.get(strategy))
         ax.set_title(f"sparsity >= {level:g}")
         ax.set_xlabel("budget (fine-tuning epochs)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%) of best-on-val config")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
+    axes[0][0].set_ylabel(f"{m.label('test')} of best-on-val config")
+    axes[0][-1].legend(loc="lower right" if m.higher_is_better else "upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -173,17 +225,24 @@ def plot_cost(front: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-NATURAL_BUDGET_TITLE = ("equal budget, the authors' method: at each budget, each strategy's configuration whose "
-                        "natural total epochs (runs no cap truncated) are closest to it; cell: test accuracy % "
-                        "(natural epochs)")
+def natural_budget_title(metric: Metric | None = None) -> str:
+    """What ``natural_budget_table`` shows, in the metric's words."""
+    m = metric if metric is not None else ACCURACY
+    cell = f"test {m.name}" + (" %" if m.percent else f" ({m.direction})")
+    return ("equal budget, the authors' method: at each budget, each strategy's configuration whose "
+            f"natural total epochs (runs no cap truncated) are closest to it; cell: {cell} (natural epochs)")
 
 
-def natural_budget_table(table: pd.DataFrame) -> pd.DataFrame:
-    """(sparsity, budget) rows, strategies as columns, 'acc (epochs)' cells, from fr.natural_budget."""
+NATURAL_BUDGET_TITLE = natural_budget_title()
+
+
+def natural_budget_table(table: pd.DataFrame, metric: Metric | None = None) -> pd.DataFrame:
+    """(sparsity, budget) rows, strategies as columns, 'metric (epochs)' cells, from fr.natural_budget."""
     if table.empty:
         return pd.DataFrame()
-    cells = table.assign(cell=[f"{a * 100:.2f} ({c:.0f})" for a, c in
-                               zip(table["test_accuracy_mean"], table["natural_cost_epochs_mean"])],
+    m = _metric(table, metric)
+    cells = table.assign(cell=[f"{m.shown(a):.2f} ({c:.0f})" for a, c in
+                               zip(table[m.column("test", "mean")], table["natural_cost_epochs_mean"])],
                          sparsity=[f"{v:g}" for v in table["sparsity_level"]],
                          budget_epochs=[f"{v:g}" for v in table["budget"]])
     out = cells.pivot_table(index=["sparsity", "budget_epochs"], columns="strategy", values="cell",
@@ -207,22 +266,23 @@ def _img(path: Path) -> str:
 
 
 def recommendation_table(finished: pd.DataFrame, levels: Sequence[float], rule: str,
-                         front: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per target sparsity: winner, its test accuracy, runner-up, difference, p, distinguishable."""
+                         front: pd.DataFrame | None = None, metric: Metric | None = None) -> pd.DataFrame:
+    """One row per target sparsity: winner, its test metric, runner-up, difference, p, distinguishable."""
+    m = _metric(finished, metric)
     if front is None:
-        front = fr.frontier(finished, levels, rule)
+        front = fr.frontier(finished, levels, rule, metric=m)
     rows = []
     for level in levels:
-        rec = recommend(finished, level, rule=rule) if not front.empty else None
+        rec = recommend(finished, level, rule=rule, metric=m) if not front.empty else None
         if rec is None or rec.winner is None:
             continue
         cmp = rec.comparison
         rows.append({
             "sparsity": f"{level:g}",
             "winner": rec.winner.strategy,
-            "test acc (%)": f"{rec.winner.test_accuracy_mean * 100:.2f} ± {rec.winner.test_accuracy_ci95 * 100:.2f}",
+            _short(m): f"{m.shown(rec.winner.test_mean):.2f} ± {m.shown(rec.winner.test_ci95):.2f}",
             "runner-up": rec.runner_up.strategy if rec.runner_up else "-",
-            "difference (pt)": f"{cmp.difference * 100:+.2f}" if cmp else "-",
+            ("difference (pt)" if m.percent else "difference"): f"{m.shown(cmp.difference):+.2f}" if cmp else "-",
             "p": f"{cmp.p_value:.3g}" if cmp and cmp.p_value is not None else "-",
             "distinguishable": ("yes" if cmp.distinguishable else "no") if cmp else "-",
             "winner config": rec.winner.config,
@@ -297,23 +357,28 @@ def markdown_note(records: pd.DataFrame, run_id: str, levels: Sequence[float] | 
     budget spent and the frontier plot (the run's own ``frontier.png`` artifact).
     """
     finished = records[records["status"].isin(("FINISHED", "KILLED"))] if "status" in records else records
+    m = of_columns(records.columns)
     levels = fr.default_levels(finished) if levels is None else list(levels)
-    front = fr.frontier(finished, levels, rule)
-    dense = fr.dense_baseline(finished)
+    front = fr.frontier(finished, levels, rule, metric=m)
+    dense = fr.dense_baseline(finished, m)
     out = ["#### Recommendation per target sparsity"]  # blocks, joined by blank lines
-    recs = recommendation_table(finished, levels, rule, front)
+    recs = recommendation_table(finished, levels, rule, front, m)
     if recs.empty:
         out.append("No strategy has a model at the target sparsities yet.")
     else:
+        direction = "" if m.higher_is_better else f" ({m.direction})"
         out += [markdown_table(recs.drop(columns=["winner config"])),
-                "Winner chosen on validation accuracy; test accuracy is the mean ± 95% CI half-width over seeds; "
-                "the difference to the runner-up is tested over seeds (paired t-test where seeds are shared): "
-                "*distinguishable: no* means the seeds cannot separate the two."]
-    out += [f"**Dense baseline:** {dense['test_accuracy_mean'] * 100:.2f} ± {dense['test_accuracy_std'] * 100:.2f} % "
-            f"test accuracy over {dense['seeds']} seed(s)." if dense.get("seeds") else "**Dense baseline:** none finished."]
+                f"Winner chosen on validation {m.name}{direction}; test {m.name} is the mean ± 95% CI half-width "
+                "over seeds; the difference to the runner-up is tested over seeds (paired t-test where seeds are "
+                "shared): *distinguishable: no* means the seeds cannot separate the two."]
+    if dense.get("seeds"):
+        mean, std = dense[m.column("test", "mean")], dense[m.column("test", "std")]
+        out.append(f"**Dense baseline:** {_mean_std(m, mean, std)} test {m.name} over {dense['seeds']} seed(s).")
+    else:
+        out.append("**Dense baseline:** none finished.")
     out += [f"**Warning:** {line}" for line in fr.patience_cut_lines(finished)]
-    out.append("#### Frontier: test accuracy (%) of each strategy's best configuration")
-    pivot = fr.pivot(front)
+    out.append(f"#### Frontier: {_test_label(m)} of each strategy's best configuration")
+    pivot = fr.pivot(front, m)
     out.append(markdown_table(pivot, index=True) if not pivot.empty else "No pruned trial finished: no frontier.")
     spent = spent_lines(records, params or {}, metrics or {})
     if spent:
@@ -330,14 +395,15 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finished = records[records["status"].isin(("FINISHED", "KILLED"))] if "status" in records else records
+    m = of_columns(records.columns)
     levels = fr.default_levels(finished) if levels is None else list(levels)
-    front = fr.frontier(finished, levels, rule)
-    dense = fr.dense_baseline(finished)
-    per_config = fr.config_points(finished, levels, rule=rule)
+    front = fr.frontier(finished, levels, rule, metric=m)
+    dense = fr.dense_baseline(finished, m)
+    per_config = fr.config_points(finished, levels, rule=rule, metric=m)
     budgets = budget_levels(finished)
-    matched = fr.budget_matched(finished, budgets, levels, rule=rule)
-    pareto = fr.pareto_front(per_config)
-    natural = fr.natural_budget(finished, budgets, levels)
+    matched = fr.budget_matched(finished, budgets, levels, rule=rule, metric=m)
+    pareto = fr.pareto_front(per_config, metric=m)
+    natural = fr.natural_budget(finished, budgets, levels, metric=m)
 
     files = [
         write_csv(fr.patience_cuts(finished), out / "patience_cuts.csv"),
@@ -345,17 +411,22 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
         write_csv(matched, out / "budget_matched.csv"),
         write_csv(pareto, out / "pareto.csv"),
         write_csv(natural, out / "natural_budget.csv"),
-        plot_frontier(front, dense, out / "frontier.png", title=title),
+        plot_frontier(front, dense, out / "frontier.png", title=title, metric=m),
         plot_cost(front, out / "cost.png"),
     ]
     shown = levels[-4:] if len(levels) > 4 else levels
-    files.append(plot_budget(matched, shown, out / "budget.png"))
+    files.append(plot_budget(matched, shown, out / "budget.png", metric=m))
 
-    recs = recommendation_table(finished, levels, rule, front)
-    pivot = fr.pivot(front)
-    speed = speed_table(front)
-    dense_line = (f"Dense baseline: {dense['test_accuracy_mean'] * 100:.2f} ± {dense['test_accuracy_std'] * 100:.2f} % "
-                  f"test accuracy over {dense['seeds']} seed(s).") if dense.get("seeds") else "No dense baseline finished."
+    recs = recommendation_table(finished, levels, rule, front, m)
+    pivot = fr.pivot(front, m)
+    speed = speed_table(front, m)
+    if dense.get("seeds"):
+        mean, std = dense[m.column("test", "mean")], dense[m.column("test", "std")]
+        dense_line = f"Dense baseline: {_mean_std(m, mean, std)} test {m.name} over {dense['seeds']} seed(s)."
+    else:
+        dense_line = "No dense baseline finished."
+    direction = "" if m.higher_is_better else f" ({m.direction})"
+    natural_title = natural_budget_title(m)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -363,8 +434,8 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 img{{max-width:100%;margin:0.5em 0}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(dense_line)} {finished['trial_key'].nunique()} finished trials.
-Each strategy's point at a sparsity is its configuration with the best mean validation accuracy among
-runs that reached at least that sparsity; test accuracy is reported as mean ± 95% CI half-width over seeds.
+Each strategy's point at a sparsity is its configuration with the best mean validation {m.name}{direction} among
+runs that reached at least that sparsity; test {m.name} is reported as mean ± 95% CI half-width over seeds.
 Frontier rule: {html.escape(rule)}.</p>
 {"".join(f'<p class="warn"><b>{html.escape(line)}</b></p>' for line in fr.patience_cut_lines(finished))}
 <h2>Frontier</h2>{_img(out / "frontier.png")}
@@ -377,18 +448,18 @@ Speed-up = dense time / pruned time. Unstructured zeros run on dense kernels; th
 sparse-enough Linear layers in CSR format. "-": the point is an intermediate event of a sparser run.</p>
 <h2>Recommendation per sparsity (whole budget)</h2>
 {recs.to_html(index=False) if not recs.empty else "<p>none</p>"}
-<p>Winner chosen on validation accuracy; the difference to the runner-up is tested on test accuracy over
+<p>Winner chosen on validation {m.name}; the difference to the runner-up is tested on test {m.name} over
 seeds (paired t-test where seeds are shared). "no" means the seeds cannot separate them. Use
 <code>tune-prune recommend --sparsity S --budget-epochs B</code> for other budgets.</p>
-<h2>Accuracy within a budget</h2>{_img(out / "budget.png")}
+<h2>{m.name.capitalize()} within a budget</h2>{_img(out / "budget.png")}
 <p>Cap-based view: at budget B a configuration counts only if every seed reached the sparsity having spent at most B.</p>
 <h2>Equal budget, the authors' method</h2>
-<p>{html.escape(NATURAL_BUDGET_TITLE[0].upper() + NATURAL_BUDGET_TITLE[1:])}. Nothing is cut to fit the budget,
+<p>{html.escape(natural_title[0].upper() + natural_title[1:])}. Nothing is cut to fit the budget,
 so a point may have cost more or less than it.</p>
-{natural_budget_table(natural).to_html() if not natural.empty else "<p>no untruncated runs</p>"}
+{natural_budget_table(natural, m).to_html() if not natural.empty else "<p>no untruncated runs</p>"}
 <h2>Cost</h2>{_img(out / "cost.png")}
-<h2>Pareto front (sparsity ↑, test accuracy ↑, fine-tuning epochs ↓)</h2>
-{pareto[["strategy", "config", "sparsity_mean", "test_accuracy_mean", "cost_epochs_mean", "seeds"]].to_html(index=False) if not pareto.empty else "<p>empty</p>"}
+<h2>Pareto front (sparsity ↑, test {m.name} {m.arrow}, fine-tuning epochs ↓)</h2>
+{pareto[["strategy", "config", "sparsity_mean", m.column("test", "mean"), "cost_epochs_mean", "seeds"]].to_html(index=False) if not pareto.empty else "<p>empty</p>"}
 </body></html>
 """
     page_path = out / "report.html"
