@@ -40,7 +40,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, smoke_test=args.smoke_test, check_data=not args.no_data_check)
     trials = spec.trials()
-    per = Counter(t.schedule for t in trials)
+    per = Counter(t.strategy for t in trials)
     plan = spec.planned_cost()
     if spec.search.mode == "adaptive":
         sr = spec.search
@@ -60,8 +60,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  pruned layers: include {list(spec.prune_include) or 'all'}, exclude {list(spec.prune_exclude)}")
     print(f"  data {spec.dataset.name}; budget per trial {spec.budget.label()}; seeds {list(spec.seeds)}; "
           f"target sparsities {list(spec.target_sparsities)}")
+    metric = spec.metric
+    print(f"  task {spec.task}: scored by {metric.name} ({metric.direction}); criteria "
+          f"{', '.join(spec.criteria or (spec.criterion,))}")
+    width = max([10, *map(len, per)])
     for name, count in per.items():
-        print(f"  {name:<10} {count:>4} trials")
+        print(f"  {name:<{width}} {count:>4} trials")
     for name, count in spec.left_out().items():
         print(f"  {name:<10} {count:>4} grid points left out: first_sparsity is not below their target")
     print(f"  planned cost: {plan.fixed_epochs} epochs in fixed-epoch trials + {plan.patience_min_epochs} to "

@@ -118,7 +118,8 @@ def level_points(records: pd.DataFrame, levels: Sequence[float], rule: str = "al
         if rule == "final_only":
             hits = (reached["sparsity"] - level).abs() <= TOLERANCE
             aimed = (reached["target_sparsity"] - level).abs() <= TOLERANCE
-            final_only = reached["strategy"].isin(FINAL_ONLY_STRATEGIES)
+            # a strategy compared across criteria is named schedule+criterion: the rule is the schedule's
+            final_only = reached["strategy"].str.split("+").str[0].isin(FINAL_ONLY_STRATEGIES)
             reached = reached[hits & (aimed | ~final_only)]
         first = reached.groupby("trial_key", sort=False).head(1)
         rows.append(first.assign(sparsity_level=level))

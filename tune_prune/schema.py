@@ -655,6 +655,9 @@ def _sparsity(v: Any) -> float:
     return float(v)
 
 
+CriterionName = Literal[tuple(sorted(CRITERIA))]  # type: ignore[valid-type]
+
+
 def _build_spec_model() -> type[Section]:
     top_keys = tuple(k for k in TOP_KEYS if k != "smoke_test")
 
@@ -716,9 +719,11 @@ def _build_spec_model() -> type[Section]:
         "storage_path": (PathString, Field("tune_prune_runs", description="Ray Tune results and checkpoints")),
         "cache_dir": (PathString, Field(".tune_prune_cache", description="dense models and trial state")),
         "search": (SearchSection, SearchSection()),
-        "criterion": (Optional[Literal[tuple(sorted(CRITERIA))]],  # type: ignore[valid-type]
+        "criterion": (Optional[Union[CriterionName, Annotated[list[CriterionName], Field(min_length=1)]]],
                       Field(None, description="weight or channel importance; default global_magnitude "
-                            "(unstructured) or l2_magnitude (structured)")),
+                            "(unstructured) or l2_magnitude (structured). A list compares criteria in one "
+                            "sweep: each schedule runs with each, as strategies named schedule+criterion "
+                            "(grid search only)")),
         "structure": (Literal[STRUCTURES], Field("unstructured", description="unstructured: masks; "  # type: ignore[valid-type]
                       "structured: whole channels removed")),
         "speed": (SpeedSection, SpeedSection()),

@@ -284,6 +284,13 @@ class TrialSpec:
     prune_include: tuple[str, ...] = ()  # glob patterns on module names; () = every Conv2d/Linear
     prune_exclude: tuple[str, ...] = ()
     task: str = "classification"  # or causal_lm: the metric and its direction (tune_prune.metrics)
+    #: what the records call this trial's strategy when it is not the schedule: schedule+criterion
+    #: in a sweep comparing criteria. A label only: not part of the key.
+    arm: str | None = None
+
+    @property
+    def strategy(self) -> str:
+        return self.arm or self.schedule
 
     @property
     def metric(self):
@@ -351,6 +358,7 @@ class TrialSpec:
         d["pretrain"] = self.pretrain.key_dict()
         if d["task"] == "classification":
             d.pop("task")
+        d.pop("arm")
         if d["budget"]["max_event_epochs"] is None:
             d["budget"].pop("max_event_epochs")
         return d
@@ -392,7 +400,7 @@ class TrialSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.schedule}-s{self.target:g}-{self.key}"
+        return f"{self.strategy}-s{self.target:g}-{self.key}"
 
     def config_label(self) -> str:
         """Short human label of the knobs that distinguish configurations of a strategy."""
@@ -496,6 +504,8 @@ class SweepSpec:
     prune_exclude: tuple[str, ...] = ()
     frontier_rule: str = "all_events"  # which events are frontier points; changes no trial
     task: str = "classification"
+    #: criteria compared in this sweep (more than one: every schedule with each); criterion is the first
+    criteria: tuple[str, ...] = ()
     resolved: tuple[tuple[str, Any], ...] = ()  # the merged raw mapping, for the record
 
     @property
@@ -545,13 +555,16 @@ class SweepSpec:
         out = self.dense_trials()
         if self.search.mode == "adaptive":
             return out
-        for strat in self.strategies:
-            for point in strat.points():
-                for target in self.target_sparsities:
-                    if not _applies(point, target):
-                        continue
-                    for seed in self.seeds:
-                        out.append(make_trial(self.base(), strat.schedule, point, target, seed))
+        for criterion in self.criteria or (self.criterion,):
+            base = {**self.base(), "criterion": criterion}
+            for strat in self.strategies:
+                arm = f"{strat.schedule}+{criterion}" if len(self.criteria) > 1 else None
+                for point in strat.points():
+                    for target in self.target_sparsities:
+                        if not _applies(point, target):
+                            continue
+                        for seed in self.seeds:
+                            out.append(replace(make_trial(base, strat.schedule, point, target, seed), arm=arm))
         return out
 
     def left_out(self) -> dict[str, int]:
@@ -716,6 +729,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
                                    epoch_seconds=checked.budget.epoch_seconds)
     structure = checked.structure
     _check_task(checked)
+    criteria = _criteria(checked)
     if checked.dataset.name == "text" and data.get("files"):
         data["files"] = tuple(_absolute(f) for f in data["files"])
         raw["dataset"]["files"] = list(data["files"])
@@ -741,13 +755,13 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         resources=ResourcesSpec(**_given(checked.resources)), max_failures=checked.max_failures,
         storage_path=checked.storage_path, cache_dir=checked.cache_dir, sweep_budget=sweep_budget,
         search=SearchSpec(**_given(checked.search)),
-        criterion=checked.criterion or DEFAULT_CRITERION[structure], structure=structure,
+        criterion=criteria[0], criteria=criteria if len(criteria) > 1 else (), structure=structure,
         speed=SpeedSpec(**_given(checked.speed)), execution=ExecutionSpec(**_given(checked.execution)),
         prune_include=tuple(checked.prune.include), prune_exclude=tuple(checked.prune.exclude),
         frontier_rule=checked.frontier_rule, task=checked.task,
         resolved=_frozen(raw),
     )
-    if structure == STRUCTURED and checked.criterion == "wanda":
+    if structure == STRUCTURED and "wanda" in criteria:
         raise SpecError("criterion", "wanda ranks weights within each output row; structured mode removes whole "
                         "channels and has no rule for it: use l2_magnitude, global_magnitude, taylor or hessian_diag")
     _check_budget_fits(spec.corner_trials())
@@ -969,6 +983,21 @@ def _finetune(checked: Any) -> FinetuneSpec:
 #: what each task needs from the dataset and the model sections
 _TASK_PARTS = {"causal_lm": ("text", ("huggingface",)),
                "classification": (None, ("builtin", "python", "timm", "torchvision"))}
+
+
+def _criteria(checked: Any) -> tuple[str, ...]:
+    """The criteria a spec names (one, or a list to compare), defaulting by structure."""
+    given = checked.criterion
+    if given is None:
+        return (DEFAULT_CRITERION[checked.structure],)
+    if isinstance(given, str):
+        return (given,)
+    if len(set(given)) != len(given):
+        raise SpecError("criterion", f"has duplicates: {list(given)}")
+    if len(given) > 1 and checked.search.mode == "adaptive":
+        raise SpecError("criterion", "a list of criteria needs search.mode: grid (adaptive search samples one "
+                        "criterion's configurations per bracket); give one criterion")
+    return tuple(given)
 
 
 def _check_task(checked: Any) -> None:

@@ -764,8 +764,9 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
     parent_id = tracker.parent_run_id
     records = load_records(tracker.uri, tracker.experiment_id, parent_id)
     finished = records[records["status"].isin(USABLE_STATUSES)]
-    front = fr.frontier(finished, spec.target_sparsities, spec.frontier_rule)
-    dense = fr.dense_baseline(finished)
+    metric = spec.metric
+    front = fr.frontier(finished, spec.target_sparsities, spec.frontier_rule, metric=metric)
+    dense = fr.dense_baseline(finished, metric)
     with tempfile.TemporaryDirectory() as tmp:
         title = f"{spec.name}: {spec.model.name} on {spec.dataset.name}"
         for path in report.build_report(records, tmp, title, spec.target_sparsities, spec.frontier_rule):
@@ -789,6 +790,6 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
     tracker.set_description(report.markdown_note(records, parent_id, spec.target_sparsities, spec.frontier_rule,
                                                  run.data.params, run.data.metrics))
     tracker.end("FINISHED" if not failed else "FAILED")
-    summary = report.format_frontier(front, dense, finished)
+    summary = report.format_frontier(front, dense, finished, metric=metric)
     n_run = records["trial_key"].nunique()
     return SweepOutcome(experiment, parent_id, tracker.uri, n_run, failed, front, dense, wall, summary)

@@ -573,7 +573,7 @@ class TrialTracker:
         metrics and status: a crash in between leaves the record ahead, and the retry, which
         re-logs from the child run's history, rewrites it."""
         record = {"run_id": self.run_id, "status": status, "trial_name": self.trial.name,
-                  "strategy": self.trial.schedule, "config_key": self.trial.config_key,
+                  "strategy": self.trial.strategy, "config_key": self.trial.config_key,
                   "config": self.trial.config_label(), "target_sparsity": float(self.trial.target),
                   "seed": int(self.trial.seed), "events": self._events, "speed": self._speed}
         tags = encode_record(self.trial.key, record)
@@ -612,8 +612,8 @@ class TrialTracker:
                 PARENT_TAG: self.parent_run_id,
                 TAG_KIND: "dense" if self.trial.is_dense else "trial",
                 TAG_TRIAL_KEY: self.trial.key,
-                TAG_STRATEGY: self.trial.schedule,
-                TAG_STRATEGY_SHORT: self.trial.schedule,  # what "Group by" in the UI lists
+                TAG_STRATEGY: self.trial.strategy,
+                TAG_STRATEGY_SHORT: self.trial.strategy,  # what "Group by" in the UI lists
                 TAG_RUN_COLOR: STRATEGY_COLORS.get(self.trial.schedule, OTHER_COLOR),
                 TAG_CONFIG_KEY: self.trial.config_key,
                 "tune_prune.config": self.trial.config_label(),
@@ -755,9 +755,9 @@ class TrialTracker:
         trial = self.trial
         logged = self.client.create_logged_model(
             self.experiment_id, name=logged_model_name(trial.name), source_run_id=self.run_id, model_type="pytorch",
-            params={k: str(v) for k, v in (("strategy", trial.schedule), ("target_sparsity", trial.target),
+            params={k: str(v) for k, v in (("strategy", trial.strategy), ("target_sparsity", trial.target),
                                            ("seed", trial.seed), ("structure", trial.structure))},
-            tags={TAG_TRIAL_KEY: trial.key, TAG_STRATEGY_SHORT: trial.schedule})
+            tags={TAG_TRIAL_KEY: trial.key, TAG_STRATEGY_SHORT: trial.strategy})
         with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):
             # pickle, as torch.save: MLflow's default (pt2, torch.export) needs an example input
             # and cannot export every pruned architecture; explicit requirements skip MLflow's
