@@ -224,3 +224,35 @@ def test_the_logged_lm_reloads_with_its_recorded_perplexity(lm_sweep):
     trial = next(t for t in spec.trials() if t.strategy == "one_shot+wanda")
     data = load_dataset(trial.dataset.name, **copy.deepcopy(trial.dataset.load_kwargs()))
     assert evaluate(model, data, "test").score == pytest.approx(row["test_perplexity"], rel=1e-4)
+
+
+# ---------------------------------------------------------------- a Hugging Face dataset on disk
+
+def test_a_saved_hugging_face_dataset_is_a_corpus_like_files(fortunes, tmp_path):
+    import datasets
+
+    from tune_prune.text import load_text, read_corpus
+
+    stories = [s for s in (fortunes / "science").read_text(errors="replace").split("\n%\n") if s.strip()]
+    whole = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"story": stories}),
+                                  "validation": datasets.Dataset.from_dict({"story": stories[:5]})})
+    whole.save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ValueError, match="dataset.hf_split: .* holds splits train, validation"):
+        load_text(hf_dataset=str(tmp_path / "ds"), text_column="story", vocab_size=300, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="dataset.text_column: .* no column 'text'; its columns: story"):
+        load_text(hf_dataset=str(tmp_path / "ds"), hf_split="train", vocab_size=300, cache_dir=tmp_path / "c")
+    got = load_text(hf_dataset=str(tmp_path / "ds"), hf_split="train", text_column="story", vocab_size=300,
+                    block_size=32, cache_dir=tmp_path / "c")
+    # the same text as files gives the same blocks: records are joined by the end-of-text token
+    files = []
+    for i, s in enumerate(stories):
+        files.append(tmp_path / f"s{i:05d}.txt")
+        files[-1].write_text(s)
+    assert read_corpus(sorted(files)).count("<|endoftext|>") == len(stories) - 1
+    same = load_text([str(tmp_path / "s*.txt")], vocab_size=300, block_size=32, cache_dir=tmp_path / "c2")
+    assert torch.equal(got.train, same.train) and got.key != same.key
+    # through a spec: relative paths resolved, and the trials read the same blocks
+    spec = parse_spec(lm_raw(tmp_path, dataset=dict(name="text", hf_dataset=str(tmp_path / "ds"), hf_split="train",
+                                                    text_column="story", vocab_size=300, block_size=32,
+                                                    root=str(tmp_path / "data"))), check_data=True)
+    assert spec.dataset.kwargs_own()["hf_dataset"] == str((tmp_path / "ds").resolve())

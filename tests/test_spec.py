@@ -151,7 +151,9 @@ def test_every_shipped_search_space_validates(quickstart_path, smoke):
     for path in specs:
         spec = load_spec(path, smoke_test=smoke)
         schedules = {t.schedule for t in spec.trials()}
-        if smoke:  # a smoke run may leave strategies out (large models on a CPU), never the baseline
+        if smoke or spec.task == "causal_lm":
+            # a smoke run may leave strategies out (large models on a CPU), never the baseline; the
+            # small LM spec compares criteria on one-shot and geometric
             assert {"dense", "one_shot", "geometric"} <= schedules
         else:
             assert schedules == {"dense", "one_shot", "constant", "geometric", "hybrid"}

@@ -287,8 +287,9 @@ def format_recommendation(rec: Recommendation) -> str:
     lines.append(f"  evidence: {len(rec.candidates)} strategies with a model at sparsity >= {rec.sparsity:g} "
                  f"within budget; best configuration each (by validation {m.name}"
                  f"{'' if m.higher_is_better else ', ' + m.direction}):")
+    width = max([10, *(len(c.strategy) for c in rec.candidates)])  # schedule+criterion names are longer
     for c in rec.candidates:
-        lines.append(f"    {c.strategy:<10} val {m.shown(c.val_mean):6.2f}  test {m.shown(c.test_mean):6.2f} "
+        lines.append(f"    {c.strategy:<{width}} val {m.shown(c.val_mean):6.2f}  test {m.shown(c.test_mean):6.2f} "
                      f"± {m.shown(c.test_ci95):.2f}  cost {c.cost_epochs_mean:5.1f} epochs  seeds {c.seeds}  "
                      f"trials {', '.join(c.trials)}")
     return "\n".join(lines)
