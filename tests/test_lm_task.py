@@ -256,3 +256,39 @@ def test_a_saved_hugging_face_dataset_is_a_corpus_like_files(fortunes, tmp_path)
                                                     text_column="story", vocab_size=300, block_size=32,
                                                     root=str(tmp_path / "data"))), check_data=True)
     assert spec.dataset.kwargs_own()["hf_dataset"] == str((tmp_path / "ds").resolve())
+
+
+def test_sparsegpt_prunes_each_row_and_beats_magnitude_before_fine_tuning(fortunes, tmp_path):
+    from tune_prune.data import load_dataset
+    from tune_prune.loop import Hooks, pretrain_dense, run_trial
+
+    raw = lm_raw(tmp_path, criterion=["global_magnitude", "wanda", "sparsegpt"], target_sparsities=[0.7],
+                 strategies=dict(one_shot=dict(patience=None, epochs_per_event=1)))
+    raw["pretrain"]["epochs"] = 4
+    spec = parse_spec(raw, check_data=True)
+    trials = {t.criterion: t for t in spec.trials() if not t.is_dense}
+    data = load_dataset(spec.dataset.name, **spec.dataset.load_kwargs())
+    state, _ = pretrain_dense(trials["sparsegpt"], data, torch.device("cpu"))
+    pruned, finals = {}, []
+    for name, trial in trials.items():
+        [rec] = run_trial(trial, data, state, torch.device("cpu"), Hooks(on_final=finals.append))
+        pruned[name] = rec.pruned_val_perplexity
+        assert rec.sparsity == pytest.approx(0.7, abs=0.01)
+    weight = dict(finals[-1].named_parameters())["transformer.h.1.attn.attention.q_proj.weight"]
+    assert ((weight == 0).sum(1) == round(0.7 * weight.shape[1])).all()  # every row, exactly
+    # refitting the kept weights to the layer's inputs is what SparseGPT adds over a mask
+    assert pruned["sparsegpt"] < pruned["global_magnitude"]
+    assert pruned["sparsegpt"] < pruned["wanda"] * 1.02
+
+
+def test_sparsegpt_is_refused_outside_language_models(fortunes, tmp_path):
+    with pytest.raises(SpecError) as err:
+        parse_spec(lm_raw(tmp_path, criterion="sparsegpt", structure="structured"))
+    assert err.value.field in ("criterion", "structure")
+    from tune_prune.spec import parse_spec as parse
+
+    raw = dict(name="c", dataset=dict(name="digits"), model=dict(name="mlp", hidden=[8]), criterion="sparsegpt",
+               budget=dict(epochs=2), target_sparsities=[0.5], strategies=dict(one_shot=dict(patience=1)))
+    with pytest.raises(SpecError, match="task: causal_lm") as err:
+        parse(raw)
+    assert err.value.field == "criterion"

@@ -26,7 +26,7 @@ from torch import nn
 from tune_prune.data import Bundle
 from tune_prune import models
 from tune_prune.pruning import budget as budget_policies
-from tune_prune.pruning import criteria
+from tune_prune.pruning import criteria, sparsegpt
 from tune_prune.pruning.masks import MaskSet
 from tune_prune.pruning.patience import Patience
 from tune_prune.pruning.structured import ChannelPruner, resize_to_state
@@ -364,6 +364,21 @@ def activation_statistics(
     return criteria.activation_sq_sums(model, masks.params, run)
 
 
+def input_statistics(
+    model: nn.Module, masks: MaskSet, data: Bundle, batch_size: int, generator: torch.Generator,
+    batches: int = GRADIENT_BATCHES,
+) -> dict[str, torch.Tensor]:
+    """Per prunable Linear weight, the mean x x^T of its inputs over training batches (SparseGPT's
+    calibration), in eval mode like ``activation_statistics``."""
+    model.eval()
+
+    def run() -> None:
+        for xb, _ in data.batches("train", batch_size, generator, max_batches=batches):
+            model(data.prepare(xb, train=False))
+
+    return sparsegpt.input_hessians(model, masks.params, run)
+
+
 def _generator(device: torch.device, *seed_parts: int) -> torch.Generator:
     # Seeded from (trial seed, epoch counter) so a resumed trial replays the
     # same batches as an uninterrupted one.
@@ -486,7 +501,12 @@ def run_trial(
         if crit.needs_activations:
             # Wanda's calibration, inside the event's timed cost like the gradients above
             acts = activation_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -3, i))
-        if isinstance(masks, ChannelPruner):
+        if crit.solver:
+            # SparseGPT: every layer to the event's sparsity, its kept weights refitted to its
+            # calibration inputs; the masks it returns are supersets of the current ones
+            hessians = input_statistics(model, masks, data, ft.batch_size, _generator(device, trial.seed, -3, i))
+            masks.set_masks(sparsegpt.prune_model_(masks.params, hessians, schedule[i], masks.masks))
+        elif isinstance(masks, ChannelPruner):
             masks.prune_to(schedule[i], trial.criterion, g, g2)
             fast.model(model)  # the surgery builds new, contiguous parameters
         else:

@@ -761,6 +761,10 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         frontier_rule=checked.frontier_rule, task=checked.task,
         resolved=_frozen(raw),
     )
+    if "sparsegpt" in criteria and (checked.task != "causal_lm" or structure == STRUCTURED):
+        raise SpecError("criterion", "sparsegpt refits Linear weights layer by layer: it needs task: causal_lm "
+                        "(whose prunable tensors are the transformer's Linear weights) and structure: unstructured; "
+                        "use wanda, global_magnitude, taylor or hessian_diag here")
     if structure == STRUCTURED and "wanda" in criteria:
         raise SpecError("criterion", "wanda ranks weights within each output row; structured mode removes whole "
                         "channels and has no rule for it: use l2_magnitude, global_magnitude, taylor or hessian_diag")

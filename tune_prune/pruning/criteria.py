@@ -38,6 +38,9 @@ class Criterion:
     needs_gradients: bool
     score: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
     needs_activations: bool = False  # wanda: per-input-feature sums of squared activations
+    #: sparsegpt: not a ranking but a layer-wise solver that also updates the kept weights
+    #: (tune_prune.pruning.sparsegpt), fed with each Linear's input Hessian from calibration batches
+    solver: bool = False
 
 
 def _magnitude(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | None) -> torch.Tensor:
@@ -82,12 +85,17 @@ def _wanda(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | None) -> 
     raise ValueError("criterion 'wanda' needs activation statistics: use criteria.scores(..., activations=...)")
 
 
+def _sparsegpt(w: torch.Tensor, g: torch.Tensor | None, g2: torch.Tensor | None) -> torch.Tensor:
+    raise ValueError("criterion 'sparsegpt' is a layer-wise solver, not a ranking: use pruning.sparsegpt.prune_model_")
+
+
 CRITERIA: dict[str, Criterion] = {
     "global_magnitude": Criterion("global_magnitude", False, _magnitude),
     "l2_magnitude": Criterion("l2_magnitude", False, _l2_magnitude),
     "taylor": Criterion("taylor", True, _taylor),
     "hessian_diag": Criterion("hessian_diag", True, _hessian_diag),
     "wanda": Criterion("wanda", False, _wanda, needs_activations=True),
+    "sparsegpt": Criterion("sparsegpt", False, _sparsegpt, solver=True),
 }
 
 

@@ -130,6 +130,20 @@ class MaskSet:
         return goal - already
 
     @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Take ``masks`` (one per prunable tensor, e.g. from a layer-wise solver) and apply them.
+
+        They must keep everything pruned pruned: a mask that would revive a weight is refused."""
+        if set(masks) != set(self.masks):
+            raise ValueError("masks do not match the model's prunable parameters")
+        for name, mask in self.masks.items():
+            new = masks[name].to(mask.device, mask.dtype)
+            if bool(((mask == 0) & (new != 0)).any()):
+                raise ValueError(f"{name}: the new mask revives pruned weights")
+            mask.copy_(new)
+        self.apply_()
+
+    @torch.no_grad()
     def apply_(self) -> None:
         """Zero every pruned entry in place (call after each optimizer step)."""
         torch._foreach_mul_(self._param_list, self._mask_list)
