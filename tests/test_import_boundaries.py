@@ -13,6 +13,7 @@ def test_pure_core_loads_neither_ray_nor_mlflow():
     code = (
         "import sys\n"
         "import tune_prune.pruning, tune_prune.frontier, tune_prune.loop, tune_prune.spec, tune_prune.dense\n"
+        "import tune_prune.metrics, tune_prune.text, tune_prune.lm, tune_prune.recommend\n"
         "bad = sorted(m for m in ('ray', 'mlflow') if m in sys.modules)\n"
         "assert not bad, bad\n"
         "import tune_prune.tracking\n"
