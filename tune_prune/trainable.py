@@ -85,7 +85,10 @@ class TrialContext:
         (shared) storage as the dense cache. Tune's experiment snapshot can lag behind its
         checkpoint pruning when a driver dies, leaving it pointing at a deleted checkpoint;
         this copy does not depend on that bookkeeping."""
-        return Path(self.cache_dir) / "trial_state" / self.parent_run_id / f"{trial.key}.pt"
+        return self.state_path_for_key(trial.key)
+
+    def state_path_for_key(self, trial_key: str) -> Path:
+        return Path(self.cache_dir) / "trial_state" / self.parent_run_id / f"{trial_key}.pt"
 
     def placement(self) -> tuple[torch.device, float]:
         """The trial's device, and its accelerator share (GPU fraction on CUDA, cores on CPU)."""
@@ -99,7 +102,12 @@ def events_saved(ctx: "TrialContext | Mapping[str, Any]", trial: TrialSpec) -> i
     The copy is written before each event is reported to Tune, so it is never behind
     Tune's checkpoint; the trial resumes after this many events.
     """
-    path = TrialContext.of(ctx).state_path(trial)
+    return events_saved_for_key(ctx, trial.key)
+
+
+def events_saved_for_key(ctx: "TrialContext | Mapping[str, Any]", trial_key: str) -> int:
+    """events_saved for a trial known by its key only (an adaptive trial, from its MLflow run)."""
+    path = TrialContext.of(ctx).state_path_for_key(trial_key)
     if not path.is_file():
         return 0
     # mmap: the counter is read without loading the weights into memory
