@@ -201,7 +201,10 @@ class _Fitter:
 
         return tune.Tuner(
             self.trainable,
-            param_space={**param_space, "ctx": self.ctx},
+            # ctx as plain data: Tune swaps any other object in a param space for a placeholder
+            # of the driver's object store, which a restored Tuner cannot resolve for the new
+            # trials a searcher draws after a resume
+            param_space={**param_space, "ctx": asdict(self.ctx)},
             tune_config=tune.TuneConfig(
                 reuse_actors=True,  # a fresh worker costs seconds of imports; trials are tiny
                 trial_name_creator=trial_name,

@@ -539,10 +539,12 @@ class TrialTracker:
         self._found: Any = False  # the run _existing() found (False: not looked up yet)
         self._pending_params: dict[str, Any] = {}  # sent with the next batch
 
-    def finished_result(self) -> dict[str, float] | None:
-        """The final metrics of this trial's child run if it already FINISHED under this parent."""
+    def finished_result(self, stopped_too: bool = False) -> dict[str, float] | None:
+        """The final metrics of this trial's child run if it already FINISHED under this parent
+        (or, with stopped_too, was stopped early by the scheduler: KILLED)."""
         existing = self._existing()
-        if existing is None or existing.info.status != "FINISHED":
+        settled = ("FINISHED", "KILLED") if stopped_too else ("FINISHED",)
+        if existing is None or existing.info.status not in settled:
             return None
         return dict(existing.data.metrics)
 

@@ -248,12 +248,17 @@ def train_trial(config: dict[str, Any]) -> None:
 
     tracker = TrialTracker(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial,
                            device=device.type, accelerator_share=share)
-    done = tracker.finished_result()
+    # An adaptive trial (one with a bracket) can also have been stopped by its ASHA scheduler
+    # (KILLED); grid trials have no scheduler, so a KILLED grid run only means an interrupted one.
+    done = tracker.finished_result(stopped_too="bracket" in config)
     if done is not None:
-        # Already finished under this sweep (Tune's state lagged behind MLflow when a
-        # driver died): report what is recorded, redo nothing.
+        # Already finished or stopped under this sweep (Tune's state lagged behind MLflow when
+        # a driver died): report what is recorded, redo nothing. The restored scheduler sees
+        # the same result at the same milestone as before, and decides as it did then.
         replay = {k: v for k, v in done.items() if not k.startswith("epoch_")}
         replay.setdefault("event", replay.get("n_events", 0.0))
+        if "sparsity" in replay and replay["sparsity"] < 1.0:
+            replay["milestone"] = -math.log2(1.0 - replay["sparsity"])
         _report(replay)
         return
     logged_through = tracker.start()
