@@ -20,7 +20,8 @@ from test_fault_tolerance import _kill_tree
 from tune_prune.spec import parse_spec
 from workloads import driver, slow_digits
 
-pytestmark = pytest.mark.integration
+# ~100 s on the 2-core VM (two Ray starts, a pretraining, the report): over the default run's budget
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NUM_SAMPLES = 3
 TARGETS = [0.8, 0.9]
