@@ -176,3 +176,51 @@ def test_bracket_searcher_keeps_a_brackets_constant_knobs():
 
     s = BracketSearcher({"h": _Scripted([0.3])}, {"h": {"bracket": "H", "point": {"rate0": 0.1, "patience": 2}}}, 1)
     assert s.suggest("t1") == {"bracket": "H", "point": {"rate0": 0.1, "patience": 2, "x": 0.3}}
+
+
+def test_a_restarted_trial_keeps_its_rungs_and_its_searcher_under_its_new_id(tmp_path):
+    """Tune restarts an unfinished trial under a new id on resume: the ASHA rungs it reached
+    and the searcher's routing follow it by content key, and both survive the snapshot."""
+    import math
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_prune.spec import TrialSpec
+    from tune_prune.sweep import BracketScheduler, BracketSearcher, NoRepeatSearcher, _bracket_key, tune_space
+
+    spec = parse_spec(copy.deepcopy(ADAPTIVE))
+    key = _bracket_key("geometric", 0.9)
+    space = {k: v for k, v in tune_space(spec.strategies[0].grid).items()}
+    base = {"base": TrialSpec(**spec.base(), schedule="geometric", target=0.9, seed=0).to_dict(),
+            "bracket": {"schedule": "geometric", "target": 0.9, "seed": 0}, "point": {}}
+
+    def fresh():
+        searcher = BracketSearcher({key: NoRepeatSearcher(OptunaSearch(space={"point": space}, metric="val_accuracy",
+                                                                       mode="max", seed=0))}, {key: base}, 3)
+        sched = BracketScheduler({key: ASHAScheduler(time_attr="milestone", max_t=-math.log2(0.1), grace_period=1,
+                                                     reduction_factor=2)}, searcher)
+        sched.set_search_properties("val_accuracy", "max")
+        return searcher, sched
+
+    searcher, sched = fresh()
+    config = searcher.suggest("old")
+    trial = SimpleNamespace(trial_id="old", config=config)
+    sched.on_trial_add(None, trial)
+    sched.on_trial_result(None, trial, {"milestone": 1.0, "val_accuracy": 0.5})
+    snapshot = sched.get_state()
+    searcher.save(str(tmp_path / "searcher.pkl"))
+
+    searcher, sched = fresh()  # what Tuner.restore rebuilds, then fills from the snapshot
+    searcher.restore(str(tmp_path / "searcher.pkl"))
+    sched.set_state(snapshot)
+    sched.on_trial_add(None, SimpleNamespace(trial_id="new", config=config))
+    asha = sched.get_state()  # the rung the trial reached is recorded under its new id
+    import pickle
+
+    rungs = pickle.loads(asha["inner"][key])["_brackets"][0]._rungs
+    recorded = {tid for _, rec in rungs for tid in rec}
+    assert recorded == {"new"}
+    assert searcher.owner == {"new": key}
+    assert "new" in searcher.id_of_key.values()

@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--follow", action="store_true", help="stream until the job ends")
     lg.set_defaults(func=cmd_logs)
 
-    rs = sub.add_parser("resume", help="finish a grid sweep whose driver died (finished trials are not rerun)")
+    rs = sub.add_parser("resume", help="finish a sweep (grid or adaptive) whose driver died; finished trials are "
+                                       "not rerun, an adaptive search draws only the samples it had not drawn")
     rs.add_argument("sweep_dir", help="the directory the sweep printed: <storage_path>/<sweep run name>")
     rs.add_argument("--address", help="join an existing Ray cluster; default: local Ray")
     rs.set_defaults(func=cmd_resume)

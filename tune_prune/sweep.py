@@ -85,6 +85,8 @@ def _progress_callback(total: int, finished: Iterable[str] = ()):
         before a resume count from the start and print nothing when Tune replays them.
         """
 
+        is_progress = True  # what a resume swaps for a new one (it cannot pickle a stream)
+
         def __init__(self) -> None:
             self.counted = set(already)
             self.start = time.perf_counter()
@@ -128,19 +130,58 @@ def _progress_callback(total: int, finished: Iterable[str] = ()):
     return Progress()
 
 
-class _Fitter:
-    """Builds and runs Tuners that share the sweep's trainable, resources and run settings."""
+def _restorable(exp_dir: Path) -> bool:
+    """Whether Tune left a snapshot to resume from in exp_dir (not only its tuner.pkl: a driver
+    that died as the Tuner started leaves no experiment state, and that phase starts anew)."""
+    from ray import tune
 
-    def __init__(self, spec: SweepSpec, ctx, storage_path: str, progress) -> None:
+    return tune.Tuner.can_restore(str(exp_dir)) and any(exp_dir.glob("experiment_state-*.json"))
+
+
+def _restore_tuner(exp_dir: Path, trainable, progress):
+    """Tune's Tuner of an interrupted run, with the sweep's trainable and a fresh progress printer."""
+    from ray import tune
+
+    # Unfinished and errored trials restart (finished ones are skipped): Tune's
+    # snapshot may name a checkpoint it had already pruned when the driver died,
+    # so the trainable resumes from its own state copy instead (trainable.py).
+    # _resume_config is the only way to say this in Ray 2.60's restore().
+    resume = tune.ResumeConfig(unfinished=tune.ResumeConfig.ResumeType.RESTART,
+                               errored=tune.ResumeConfig.ResumeType.RESTART)
+    with _quiet("ray.tune.analysis.experiment_analysis"):
+        # restore() reads back the results of every trial in Tune's snapshot and warns,
+        # with a FileNotFoundError per trial, about each that had reported nothing yet
+        # (never started, or killed before its first event). Ray's own bookkeeping and
+        # harmless: those trials start fresh or resume from their state copy anyway.
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, _resume_config=resume)
+    # The restored run config carries the progress callback pickled when the sweep
+    # started, counting from 0: swap in one that counts from what had finished. The other
+    # callbacks stay, in their order (Tune restores callback state by position), and keep
+    # the references they were pickled with (the scheduler snapshot's to the scheduler).
+    # Ray 2.60 has no public way to change a restored Tuner's callbacks.
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks = [progress if getattr(c, "is_progress", False) else c for c in run_config.callbacks or []]
+    return tuner
+
+
+class _Fitter:
+    """Builds and runs Tuners that share the sweep's trainable, resources and run settings.
+
+    resuming: a Tuner whose directory holds a snapshot is restored from it (finished trials
+    kept, unfinished ones restarted) instead of being started anew.
+    """
+
+    def __init__(self, spec: SweepSpec, ctx, storage_path: str, progress, resuming: bool = False) -> None:
         from ray import tune
 
         from tune_prune.trainable import train_trial
 
         self.spec, self.ctx, self.storage_path, self.progress = spec, ctx, storage_path, progress
+        self.resuming = resuming
         self.trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
         self.epochs_by_trial: dict[str, float] = {}
 
-    def _run(self, name: str, param_space: dict[str, Any], **tune_kwargs: Any) -> list[str]:
+    def _run(self, name: str, param_space: dict[str, Any], callbacks: tuple = (), **tune_kwargs: Any) -> list[str]:
         from ray import tune
 
         from tune_prune.trainable import trial_from_config
@@ -148,9 +189,29 @@ class _Fitter:
         def trial_name(tr) -> str:
             return trial_from_config(tr.config).name
 
-        tuner = tune.Tuner(
+        exp_dir = Path(self.storage_path) / name
+        if self.resuming and _restorable(exp_dir):
+            tuner = _restore_tuner(exp_dir, self.trainable, self.progress)
+        else:
+            tuner = self._new_tuner(name, param_space, trial_name, callbacks, **tune_kwargs)
+        self.last_grid = tuner.fit()
+        failed = []
+        for r in self.last_grid:
+            key = trial_from_config(r.config).name
+            self.epochs_by_trial[key] = float((r.metrics or {}).get("cost_epochs", 0) or 0)
+            if r.error is not None:
+                failed.append(key)
+        return failed
+
+    def _new_tuner(self, name, param_space, trial_name, callbacks, **tune_kwargs):
+        from ray import tune
+
+        return tune.Tuner(
             self.trainable,
-            param_space={**param_space, "ctx": self.ctx},
+            # ctx as plain data: Tune swaps any other object in a param space for a placeholder
+            # of the driver's object store, which a restored Tuner cannot resolve for the new
+            # trials a searcher draws after a resume
+            param_space={**param_space, "ctx": asdict(self.ctx)},
             tune_config=tune.TuneConfig(
                 reuse_actors=True,  # a fresh worker costs seconds of imports; trials are tiny
                 trial_name_creator=trial_name,
@@ -162,18 +223,10 @@ class _Fitter:
                 storage_path=self.storage_path,
                 failure_config=tune.FailureConfig(max_failures=self.spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[self.progress],
+                callbacks=[self.progress, *callbacks],
                 verbose=0,
             ),
         )
-        self.last_grid = tuner.fit()
-        failed = []
-        for r in self.last_grid:
-            key = trial_from_config(r.config).name
-            self.epochs_by_trial[key] = float((r.metrics or {}).get("cost_epochs", 0) or 0)
-            if r.error is not None:
-                failed.append(key)
-        return failed
 
     def grid(self, trials: list[TrialSpec], name: str) -> list[str]:
         from ray import tune
@@ -208,9 +261,10 @@ class _Fitter:
             bases[key] = {"base": TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict(),
                           "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": fixed}
         metric = self.spec.metric
-        return self._run(name, {}, metric=metric.val, mode=metric.mode, num_samples=s.num_samples * len(brackets),
-                         search_alg=BracketSearcher(searchers, bases, s.num_samples, metric.val, metric.mode),
-                         scheduler=BracketScheduler(schedulers))
+        searcher = BracketSearcher(searchers, bases, s.num_samples, metric.val, metric.mode)
+        scheduler = BracketScheduler(schedulers, searcher)
+        return self._run(name, {}, callbacks=(scheduler.snapshot_callback(),), metric=metric.val, mode=metric.mode,
+                         num_samples=s.num_samples * len(brackets), search_alg=searcher, scheduler=scheduler)
 
 
 def tune_space(grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
@@ -234,29 +288,46 @@ def tune_space(grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
     return space
 
 
-def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> list[str]:
-    """Dense baselines, then a searched bracket per (strategy, target), then confirmations."""
-    from tune_prune.spec import make_trial
+#: the adaptive sweep's phases, each one Tuner under the sweep directory, run in this order
+ADAPTIVE_PHASES = ("dense", "search", "confirm")
 
-    failed = fit.grid(spec.dense_trials(), f"{run_name}-dense")
-    search_seed, other_seeds = spec.seeds[0], spec.seeds[1:]
-    confirm: list[TrialSpec] = []
+
+def _adaptive_plan(spec: SweepSpec) -> tuple[list[tuple[str, float, dict[str, Any]]], list[TrialSpec]]:
+    """The searched brackets (schedule, target, space), and the trials of strategies with
+    nothing to search (one configuration, run on every seed with the confirmations)."""
     from ray.tune.search.sample import Domain
+
+    from tune_prune.spec import make_trial
 
     fixed: list[TrialSpec] = []
     brackets: list[tuple[str, float, dict[str, Any]]] = []
     for strat in spec.strategies:
         space = tune_space(strat.grid)
         if not any(isinstance(v, Domain) for v in space.values()):
-            # nothing to search: the bracket is one configuration, run on every seed
             fixed += [make_trial(spec.base(), strat.schedule, dict(space), t, seed)
                       for t in spec.target_sparsities for seed in spec.seeds]
             continue
         brackets += [(strat.schedule, target, space) for target in spec.target_sparsities]
+    return brackets, fixed
+
+
+def _adaptive(spec: SweepSpec, fit: "_Fitter", out: TextIO | None) -> list[str]:
+    """Dense baselines, then a searched bracket per (strategy, target), then confirmations.
+
+    Each phase is its own Tuner under fit.storage_path (ADAPTIVE_PHASES); a resuming fit
+    restores those that left a snapshot and starts the others, so a resumed sweep takes up
+    the phase its driver died in, with that phase's searcher and schedulers as they were.
+    """
+    from tune_prune.spec import make_trial
+
+    failed = fit.grid(spec.dense_trials(), "dense")
+    search_seed, other_seeds = spec.seeds[0], spec.seeds[1:]
+    confirm: list[TrialSpec] = []
+    brackets, fixed = _adaptive_plan(spec)
     if brackets:
         _say(out, f"search: {len(brackets)} brackets at once, up to {spec.search.num_samples} samples each "
                   f"on seed {search_seed}")
-        failed += fit.search_all(f"{run_name}-search", brackets, search_seed)
+        failed += fit.search_all("search", brackets, search_seed)
         for schedule, target, _ in brackets:
             done = [r for r in fit.last_grid
                     if r.error is None and r.metrics and r.metrics.get("event") == r.metrics.get("n_events")
@@ -271,7 +342,7 @@ def _adaptive(spec: SweepSpec, fit: "_Fitter", run_name: str, out: TextIO) -> li
     if confirm or fixed:
         _say(out, f"confirming the best configurations on seeds {list(other_seeds)} ({len(confirm)} trials)"
                   + (f" and running {len(fixed)} trials of strategies with nothing to search" if fixed else ""))
-        failed += fit.grid(confirm + fixed, f"{run_name}-confirm")
+        failed += fit.grid(confirm + fixed, "confirm")
     return failed
 
 
@@ -284,12 +355,38 @@ def _trial_bracket(trial) -> str:
     return _bracket_key(b["schedule"], b["target"])
 
 
+def _trial_key_of(config: dict[str, Any]) -> str:
+    """The content key of the trial a config describes: what names it in Ray and MLflow alike."""
+    from tune_prune.trainable import trial_from_config
+
+    return trial_from_config(config).key
+
+
+def _saved_bytes(searcher, suffix: str = "") -> bytes:
+    """A searcher's own save() output, as bytes to keep inside another searcher's file."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, f"state{suffix}")
+        searcher.save(path)
+        return Path(path).read_bytes()
+
+
+def _restore_bytes(searcher, blob: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "state")
+        Path(path).write_bytes(blob)
+        searcher.restore(path)
+
+
 class BracketSearcher:
     """One Ray Tune searcher over several brackets, each with its own inner searcher.
 
     Suggestions go round the brackets that still have samples left, so all of them are in
     flight together; each result goes back to the bracket that suggested the trial. A
     bracket is done after ``per_bracket`` suggestions or when its searcher says FINISHED.
+
+    A trial is known by its Tune id, and also by its content key: a resumed sweep restarts
+    unfinished trials under new Tune ids, and ``renamed`` (called by BracketScheduler when
+    Tune adds the trial again) moves the bookkeeping over to the new id.
     """
 
     def __new__(cls, inner: dict[str, Any], bases: dict[str, dict[str, Any]], per_bracket: int,
@@ -303,6 +400,7 @@ class BracketSearcher:
                 self.given = dict.fromkeys(inner, 0)
                 self.finished: set[str] = set()
                 self.owner: dict[str, str] = {}
+                self.id_of_key: dict[str, str] = {}
                 self.turn = 0
 
             def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -324,9 +422,22 @@ class BracketSearcher:
                     self.given[key] += 1
                     self.owner[trial_id] = key
                     # the bracket's constant knobs under the sampled ones
-                    return {**bases[key], **cfg, "point": {**bases[key].get("point", {}), **cfg.get("point", {})}}
+                    config = {**bases[key], **cfg, "point": {**bases[key].get("point", {}), **cfg.get("point", {})}}
+                    if "base" in config:  # (unit tests drive it with bare brackets)
+                        self.id_of_key[_trial_key_of(config)] = trial_id
+                    return config
                 done = all(k in self.finished or self.given[k] >= per_bracket for k in self.order)
                 return Searcher.FINISHED if done else None
+
+            def renamed(self, trial_key: str, trial_id: str) -> None:
+                """Tune added the trial with this content key under `trial_id` (a restart on resume)."""
+                old = self.id_of_key.get(trial_key)
+                if old is None or old == trial_id or old not in self.owner:
+                    return
+                bracket = self.owner.pop(old)
+                self.owner[trial_id] = bracket
+                self.id_of_key[trial_key] = trial_id
+                inner[bracket].renamed(old, trial_id)
 
             def on_trial_result(self, trial_id: str, result: dict) -> None:
                 if trial_id in self.owner:
@@ -337,41 +448,71 @@ class BracketSearcher:
                     inner[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
 
             def save(self, checkpoint_path: str) -> None:
-                """Tune's experiment snapshot: each bracket's searcher beside our own counters."""
+                """Tune's experiment snapshot: every bracket's searcher and our counters, in one file
+                (Tune renames that one file into place; it knows of no others)."""
                 import pickle
 
-                for i, key in enumerate(self.order):
-                    inner[key].save(f"{checkpoint_path}.{i}")
+                state = {"inner": {k: _saved_bytes(inner[k]) for k in self.order}, "given": self.given,
+                         "finished": self.finished, "owner": self.owner, "id_of_key": self.id_of_key,
+                         "turn": self.turn}
                 with open(checkpoint_path, "wb") as f:
-                    pickle.dump((self.given, self.finished, self.owner, self.turn), f)
+                    pickle.dump(state, f)
 
             def restore(self, checkpoint_path: str) -> None:
                 import pickle
 
-                for i, key in enumerate(self.order):
-                    inner[key].restore(f"{checkpoint_path}.{i}")
                 with open(checkpoint_path, "rb") as f:
-                    self.given, self.finished, self.owner, self.turn = pickle.load(f)
+                    state = pickle.load(f)
+                for k in self.order:
+                    _restore_bytes(inner[k], state["inner"][k])
+                self.given, self.finished, self.owner = state["given"], state["finished"], state["owner"]
+                self.id_of_key, self.turn = state["id_of_key"], state["turn"]
 
         return _Brackets()
 
 
 class BracketScheduler:
-    """Routes each trial to its bracket's own scheduler (ASHA rungs per target)."""
+    """Routes each trial to its bracket's own scheduler (ASHA rungs per target).
 
-    def __new__(cls, inner: dict[str, Any]):
+    Ray 2.60 saves no scheduler state with its experiment snapshot (only the searcher's
+    and the callbacks'), so ``snapshot_callback()`` gives the Tuner a callback that carries
+    every bracket's ASHA state in that snapshot. On resume Tune restarts unfinished trials
+    under new ids; ``on_trial_add`` finds them by content key and renames them in the
+    rungs and in the searcher, so a restarted trial is not recorded twice in a rung.
+    """
+
+    def __new__(cls, inner: dict[str, Any], searcher=None):
+        from ray import tune
         from ray.tune.schedulers import TrialScheduler
 
         class _Brackets(TrialScheduler):
             def __init__(self) -> None:
                 super().__init__()
                 self.any = next(iter(inner.values()))
+                self.id_of_key: dict[str, str] = {}
 
             def set_search_properties(self, metric, mode, **spec) -> bool:
                 self._metric, self._mode = metric, mode
                 return all(s.set_search_properties(metric, mode, **spec) for s in inner.values())
 
+            def _rename(self, sched, old: str, new: str) -> None:
+                # ASHA's own bookkeeping (Ray 2.60: _trial_info, and each bracket's rungs of
+                # (milestone, {trial_id: metric})): the restarted trial keeps its recorded rungs
+                if old in getattr(sched, "_trial_info", {}):
+                    sched._trial_info[new] = sched._trial_info.pop(old)
+                for bracket in getattr(sched, "_brackets", []):
+                    for _, recorded in bracket._rungs:
+                        if old in recorded:
+                            recorded[new] = recorded.pop(old)
+
             def on_trial_add(self, tune_controller, trial) -> None:
+                key = _trial_key_of(trial.config)
+                old = self.id_of_key.get(key)
+                if old is not None and old != trial.trial_id:
+                    self._rename(inner[_trial_bracket(trial)], old, trial.trial_id)
+                    if searcher is not None:
+                        searcher.renamed(key, trial.trial_id)
+                self.id_of_key[key] = trial.trial_id
                 inner[_trial_bracket(trial)].on_trial_add(tune_controller, trial)
 
             def on_trial_error(self, tune_controller, trial) -> None:
@@ -391,6 +532,31 @@ class BracketScheduler:
 
             def debug_string(self) -> str:
                 return "; ".join(f"{k}: {s.debug_string()}" for k, s in inner.items())
+
+            def get_state(self) -> dict[str, Any]:
+                """Every bracket's scheduler state and the key -> Tune id map, for the snapshot."""
+                return {"inner": {k: _saved_bytes(s) for k, s in inner.items()}, "id_of_key": dict(self.id_of_key)}
+
+            def set_state(self, state: dict[str, Any]) -> None:
+                for k, blob in state["inner"].items():
+                    _restore_bytes(inner[k], blob)
+                self.any = next(iter(inner.values()))
+                self.id_of_key = dict(state["id_of_key"])
+
+            def snapshot_callback(self):
+                return _SchedulerSnapshot(self)
+
+        class _SchedulerSnapshot(tune.Callback):
+            """Puts the scheduler's state into Tune's experiment snapshot (and back on resume)."""
+
+            def __init__(self, scheduler) -> None:
+                self.scheduler = scheduler
+
+            def get_state(self) -> dict[str, Any]:
+                return {"scheduler": self.scheduler.get_state()}
+
+            def set_state(self, state: dict[str, Any]) -> None:
+                self.scheduler.set_state(state["scheduler"])
 
         return _Brackets()
 
@@ -437,6 +603,11 @@ class NoRepeatSearcher:
                     self.inner.on_trial_complete(inner_id, previous, error=previous is None)
                 return Searcher.FINISHED
 
+            def renamed(self, old: str, new: str) -> None:
+                """The trial `old` goes on as `new` (the inner searcher keeps its own id for it)."""
+                if old in self.ids:
+                    self.ids[new] = self.ids.pop(old)
+
             def on_trial_result(self, trial_id: str, result: dict) -> None:
                 if trial_id in self.ids:
                     self.inner.on_trial_result(self.ids[trial_id][1], result)
@@ -448,10 +619,18 @@ class NoRepeatSearcher:
                     self.inner.on_trial_complete(inner_id, result, error)
 
             def save(self, checkpoint_path: str) -> None:
-                self.inner.save(checkpoint_path)
+                import pickle
+
+                with open(checkpoint_path, "wb") as f:
+                    pickle.dump({"inner": _saved_bytes(self.inner), "seen": self.seen, "ids": self.ids}, f)
 
             def restore(self, checkpoint_path: str) -> None:
-                self.inner.restore(checkpoint_path)
+                import pickle
+
+                with open(checkpoint_path, "rb") as f:
+                    state = pickle.load(f)
+                _restore_bytes(self.inner, state["inner"])
+                self.seen, self.ids = state["seen"], state["ids"]
 
         return _NoRepeat()
 
@@ -594,19 +773,21 @@ def run_sweep(
                            cache_dir=cache_dir, cpu_per_trial=res.cpu, gpu_per_trial=res.gpu,
                            speed=asdict(spec.speed), execution=asdict(spec.execution))
         progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
-        fit = _Fitter(spec, ctx, storage_path, progress)
+        # What `tune-prune resume` needs if this driver dies, beside Tune's own state: a grid
+        # sweep is one Tuner in this directory, an adaptive one a Tuner per phase below it.
+        exp_dir = Path(storage_path) / run_name
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / CONTEXT_FILE).write_text(json.dumps({
+            "spec": spec.resolved_dict(), "experiment": experiment, "run_name": run_name,
+            "tracking_uri": tracking_uri, "parent_run_id": parent_id, "ctx": asdict(ctx),
+            "mode": spec.search.mode}, indent=2, default=str))
+        _say(out, f"if this driver dies, finish the sweep with: tune-prune resume {exp_dir}")
         if spec.search.mode == "grid":
-            # What `tune-prune resume` needs if this driver dies: beside Tune's own state.
-            exp_dir = Path(storage_path) / run_name
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            (exp_dir / CONTEXT_FILE).write_text(json.dumps({
-                "spec": spec.resolved_dict(), "experiment": experiment, "run_name": run_name,
-                "tracking_uri": tracking_uri, "parent_run_id": parent_id, "ctx": asdict(ctx)}, indent=2,
-                default=str))
-            _say(out, f"if this driver dies, finish the sweep with: tune-prune resume {exp_dir}")
+            fit = _Fitter(spec, ctx, storage_path, progress)
             failed = fit.grid(trials, run_name)
         else:
-            failed = _adaptive(spec, fit, run_name, out)
+            fit = _Fitter(spec, ctx, str(exp_dir), progress)
+            failed = _adaptive(spec, fit, out)
     return _finish(spec, tracker, experiment, failed, t_start)
 
 
@@ -649,7 +830,7 @@ def _sqlite_advice(address: str | None, cpu: float, gpu: float) -> str | None:
 
 @dataclass(frozen=True)
 class ResumePlan:
-    """Where each trial of an interrupted grid sweep stands, before it is resumed.
+    """Where each trial of an interrupted sweep stands, before it is resumed.
 
     finished: names of trials whose MLflow child run FINISHED (Tune replays them without
     training); resume_after: trial name -> prune events its state copy holds (it
@@ -660,6 +841,7 @@ class ResumePlan:
     finished: tuple[str, ...]
     resume_after: dict[str, int]
     fresh: tuple[str, ...]
+    adaptive: bool = False
 
     @classmethod
     def of(cls, trials: list[TrialSpec], tracker, ctx) -> "ResumePlan":
@@ -679,6 +861,29 @@ class ResumePlan:
                 fresh.append(t.name)
         return cls(len(trials), tuple(finished), resume_after, tuple(fresh))
 
+    @classmethod
+    def of_runs(cls, spec: SweepSpec, tracker, ctx) -> "ResumePlan":
+        """The same for an adaptive sweep, whose trials are known only once drawn: those with a
+        child run. total: the trials of the fixed plan (dense, search samples at most,
+        confirmations) so far as the spec fixes it; finished includes ASHA-stopped (KILLED) runs."""
+        from tune_prune.tracking import TAG_TRIAL_KEY, USABLE_STATUSES, child_runs
+        from tune_prune.trainable import events_saved_for_key
+
+        finished, resume_after, fresh = [], {}, []
+        for r in child_runs(tracker.uri, tracker.experiment_id, tracker.parent_run_id):
+            name = r.info.run_name
+            if r.info.status in USABLE_STATUSES:
+                finished.append(name)
+            elif r.data.tags.get("tune_prune.kind") != "dense" and \
+                    (events := events_saved_for_key(ctx, r.data.tags[TAG_TRIAL_KEY])) > 0:
+                resume_after[name] = events
+            else:
+                fresh.append(name)
+        brackets, fixed = _adaptive_plan(spec)
+        total = len(spec.dense_trials()) + len(brackets) * (spec.search.num_samples + spec.search.confirm_top
+                                                             * (len(spec.seeds) - 1)) + len(fixed)
+        return cls(total, tuple(sorted(finished)), resume_after, tuple(sorted(fresh)), adaptive=True)
+
     def summary(self) -> str:
         """One line, e.g. 'resuming: 7 of 20 trials finished, 3 resume (2 after event 3, 1 after
         event 1), 10 start fresh'."""
@@ -687,6 +892,9 @@ class ResumePlan:
         by_event = sorted(Counter(self.resume_after.values()).items(), reverse=True)
         detail = ", ".join(f"{n} after event {e}" for e, n in by_event)
         resume = f"{len(self.resume_after)} resume" + (f" ({detail})" if detail else "")
+        if self.adaptive:
+            return (f"resuming: {len(self.finished)} of up to {self.total} trials finished, {resume}, "
+                    f"{len(self.fresh)} start fresh; the search draws only the samples it has not drawn yet")
         return f"resuming: {len(self.finished)} of {self.total} trials finished, {resume}, {len(self.fresh)} start fresh"
 
 
@@ -705,16 +913,17 @@ def _quiet(logger_name: str):
 
 
 def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | None = None) -> SweepOutcome:
-    """Finish a grid sweep whose driver died: restore its Tuner, rerun nothing that finished.
+    """Finish a sweep whose driver died: restore its Tuner(s), rerun nothing that finished.
 
-    Unfinished trials resume from their last prune-event checkpoint and write into
+    Unfinished trials resume from their last prune-event state copy and write into
     their existing MLflow child runs (found by trial key); errored trials are retried.
+    An adaptive sweep takes up the phase it died in (dense, search or confirm): the
+    search Tuner comes back with its searchers' and ASHA schedulers' state, so it draws
+    only the samples it had not drawn yet, and the confirmations follow from its results.
     """
-    from ray import tune
-
     from tune_prune.spec import parse_spec
     from tune_prune.tracking import SweepTracker
-    from tune_prune.trainable import train_trial
+    from tune_prune.trainable import TrialContext
 
     exp_dir = Path(path).resolve()
     context_file = exp_dir / CONTEXT_FILE
@@ -723,38 +932,58 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
                           "directory the sweep printed, <storage_path>/<sweep run name>")
     context = json.loads(context_file.read_text())
     spec = parse_spec(context["spec"])
+    adaptive = spec.search.mode != "grid"
     t_start = time.perf_counter()
     tracker = SweepTracker(context["tracking_uri"], context["experiment"])
     tracker.reopen_parent(context["parent_run_id"])
-    _say(out, f"resuming sweep {context['run_name']} (parent run {context['parent_run_id']}) from {exp_dir}")
-    plan = ResumePlan.of(spec.trials(), tracker, context["ctx"])
+    _say(out, f"resuming {'adaptive ' if adaptive else ''}sweep {context['run_name']} "
+              f"(parent run {context['parent_run_id']}) from {exp_dir}")
+    plan = (ResumePlan.of_runs(spec, tracker, context["ctx"]) if adaptive
+            else ResumePlan.of(spec.trials(), tracker, context["ctx"]))
     _say(out, plan.summary())
     with _ray_session(address, tracker):
-        if not tune.Tuner.can_restore(str(exp_dir)):
-            raise LookupError(f"Ray Tune has no restorable state in {exp_dir}")
-        res = spec.resources
-        trainable = tune.with_resources(train_trial, {"cpu": res.cpu, "gpu": res.gpu})
-        # Unfinished and errored trials restart (finished ones are skipped): Tune's
-        # snapshot may name a checkpoint it had already pruned when the driver died,
-        # so the trainable resumes from its own state copy instead (trainable.py).
-        # _resume_config is the only way to say this in Ray 2.60's restore().
-        resume = tune.ResumeConfig(unfinished=tune.ResumeConfig.ResumeType.RESTART,
-                                   errored=tune.ResumeConfig.ResumeType.RESTART)
-        with _quiet("ray.tune.analysis.experiment_analysis"):
-            # restore() reads back the results of every trial in Tune's snapshot and warns,
-            # with a FileNotFoundError per trial, about each that had reported nothing yet
-            # (never started, or killed before its first event). Ray's own bookkeeping and
-            # harmless: those trials start fresh or resume from their state copy anyway.
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, _resume_config=resume)
-        # The restored run config carries the progress callback pickled when the sweep
-        # started, counting from 0; count from what had finished instead. Ray 2.60 has no
-        # public way to change a restored Tuner's callbacks.
-        tuner._local_tuner.get_run_config().callbacks = [_progress_callback(plan.total, plan.finished)]
-        grid = tuner.fit()
-        from tune_prune.trainable import trial_from_config
+        if adaptive:
+            if not _restorable(exp_dir / ADAPTIVE_PHASES[0]):
+                raise LookupError(f"Ray Tune has no restorable state in {exp_dir / ADAPTIVE_PHASES[0]}")
+            fit = _Fitter(spec, TrialContext.of(context["ctx"]), str(exp_dir),
+                          _progress_callback(0, plan.finished), resuming=True)
+            failed = _adaptive(spec, fit, out)
+            abandoned = _close_abandoned(tracker)
+            if abandoned:
+                _say(out, f"{len(abandoned)} child runs that no Tune trial took up again were marked FAILED: "
+                          + ", ".join(abandoned))
+        else:
+            if not _restorable(exp_dir):
+                raise LookupError(f"Ray Tune has no restorable state in {exp_dir}")
+            from tune_prune.trainable import train_trial, trial_from_config
 
-        failed = [trial_from_config(r.config).name for r in grid if r.error is not None]
+            from ray import tune
+
+            res = spec.resources
+            trainable = tune.with_resources(train_trial, {"cpu": res.cpu, "gpu": res.gpu})
+            grid = _restore_tuner(exp_dir, trainable, _progress_callback(plan.total, plan.finished)).fit()
+            failed = [trial_from_config(r.config).name for r in grid if r.error is not None]
     return _finish(spec, tracker, context["experiment"], failed, t_start)
+
+
+def _close_abandoned(tracker) -> list[str]:
+    """End the child runs still RUNNING after a resumed sweep as FAILED; their names.
+
+    Such a run belongs to a trial that started after Tune's last snapshot before the
+    driver died and that the restored searcher did not draw again, so no trial will
+    finish it. Left RUNNING it would look alive forever.
+    """
+    from tune_prune.tracking import child_runs
+
+    names = []
+    for r in child_runs(tracker.uri, tracker.experiment_id, tracker.parent_run_id):
+        if r.info.status == "RUNNING":
+            tracker.client.set_tag(r.info.run_id, "tune_prune.error",
+                                   "abandoned: started just before its sweep's driver died, and the resumed "
+                                   "search did not draw this configuration again")
+            tracker.client.set_terminated(r.info.run_id, "FAILED")
+            names.append(r.info.run_name)
+    return names
 
 
 def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_start: float) -> SweepOutcome:

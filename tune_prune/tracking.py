@@ -527,6 +527,20 @@ class SweepTracker:
             self.client.set_terminated(self.parent_run_id, status)
 
 
+#: (parent run, dataset digest) pairs this worker process has already linked to the sweep's
+#: run: the parent needs the dataset input once, not once per trial
+_PARENT_INPUTS: set[tuple[str, str]] = set()
+
+
+def _artifact_repo(tracking_uri: str, location: str):
+    """The artifact repository at a location we already know (a run's artifact_uri, a logged
+    model's artifact_location): MlflowClient would look the run or model up again first, one
+    more database request per upload."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(location, tracking_uri=tracking_uri)
+
+
 class TrialTracker:
     """Worker side: one child run per trial, found again by its trial key on retry."""
 
@@ -535,6 +549,9 @@ class TrialTracker:
         """``accelerator_share``: GPUs held (a fraction when shared) on a GPU, CPU cores on a CPU;
         accelerator_seconds = share x wall seconds."""
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.artifact_uri: str | None = None  # the child run's, known once it is opened
+        self._final_metrics: list[Metric] = []  # the model-linked metrics, sent with finish()'s batch
         self.device = device
         self.share = accelerator_share
         self.experiment_id = experiment_id
@@ -550,10 +567,12 @@ class TrialTracker:
         self._found: Any = False  # the run _existing() found (False: not looked up yet)
         self._pending_params: dict[str, Any] = {}  # sent with the next batch
 
-    def finished_result(self) -> dict[str, float] | None:
-        """The final metrics of this trial's child run if it already FINISHED under this parent."""
+    def finished_result(self, stopped_too: bool = False) -> dict[str, float] | None:
+        """The final metrics of this trial's child run if it already FINISHED under this parent
+        (or, with stopped_too, was stopped early by the scheduler: KILLED)."""
         existing = self._existing()
-        if existing is None or existing.info.status != "FINISHED":
+        settled = ("FINISHED", "KILLED") if stopped_too else ("FINISHED",)
+        if existing is None or existing.info.status not in settled:
             return None
         return dict(existing.data.metrics)
 
@@ -594,6 +613,7 @@ class TrialTracker:
         existing = self._existing()
         if existing is not None:
             self.run_id = existing.info.run_id
+            self.artifact_uri = existing.info.artifact_uri
             self.client.update_run(self.run_id, status="RUNNING")
             if not existing.data.params:
                 self.client.log_batch(self.run_id, params=_params(self._params()))
@@ -620,6 +640,7 @@ class TrialTracker:
             },
         )
         self.run_id = run.info.run_id
+        self.artifact_uri = run.info.artifact_uri
         params = _params(self._params())
         self.client.log_batch(self.run_id, params=params)
         if not self.trial.is_dense and any(p.key == "sparsities" and p.value.endswith("(see artifact)") for p in params):
@@ -641,10 +662,13 @@ class TrialTracker:
         spec = self.trial.dataset
         self._dataset = dataset_entity(spec.name, spec.load_kwargs(), bundle)
         inputs = [DatasetInput(self._dataset, tags=[InputTag("mlflow.data.context", "train")])]
+        on_parent = (self.parent_run_id, self._dataset.digest)
         for attempt in range(3):
             try:
-                for run_id in (self.run_id, self.parent_run_id):
-                    self.client.log_inputs(run_id, datasets=inputs)
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                if on_parent not in _PARENT_INPUTS:
+                    self.client.log_inputs(self.parent_run_id, datasets=inputs)
+                    _PARENT_INPUTS.add(on_parent)
                 return
             except MlflowException:
                 # Trials starting together race to create the experiment's dataset record (a
@@ -730,7 +754,7 @@ class TrialTracker:
         """
         model_id = self._log_model(model.to("cpu"))
         if layers is not None:
-            self.client.log_dict(self.run_id, layers, LAYER_SPARSITY)
+            self._log_json(layers, LAYER_SPARSITY)
         self._speed = {k: float(v) for k, v in (speed or {}).items()}  # for the read-back record
         ts = _now_ms()
         link = {"model_id": model_id}
@@ -741,9 +765,19 @@ class TrialTracker:
         final = [Metric(m.key, m.value, m.timestamp, m.step, **link) for m in self._last_event
                  if m.key in MODEL_METRICS]
         final += [Metric(k, float(v), ts, 0, **link) for k, v in (speed or {}).items()]
-        if final:
-            self.client.log_batch(self.run_id, metrics=final)
+        # sent with finish()'s batch (params, status): one request fewer per trial. A crash in
+        # between loses only these links; the run's own history already holds the values.
+        self._final_metrics = final
         return model_id
+
+    def _log_json(self, obj: Any, artifact_file: str) -> None:
+        """MlflowClient.log_dict without its lookup of the run (we know where its artifacts go)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / artifact_file
+            path.write_text(json.dumps(obj, indent=2))
+            _artifact_repo(self.tracking_uri, self.artifact_uri).log_artifact(str(path))
 
     def _log_model(self, model: Any) -> str:
         import pickle
@@ -764,7 +798,7 @@ class TrialTracker:
             # inference of them (seconds per model)
             mlflow.pytorch.save_model(model, f"{tmp}/model", serialization_format="pickle", pickle_module=pickle,
                                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-            self.client.log_model_artifacts(logged.model_id, f"{tmp}/model")
+            _artifact_repo(self.tracking_uri, logged.artifact_location).log_artifacts(f"{tmp}/model")
         self.client.finalize_logged_model(logged.model_id, "READY")
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, 0)])
         return logged.model_id
@@ -774,8 +808,9 @@ class TrialTracker:
             return
         if self._events:
             self._write_record(status)
-        if self._pending_params:
-            self.client.log_batch(self.run_id, params=self._take_params())
+        if self._pending_params or self._final_metrics:
+            metrics, self._final_metrics = self._final_metrics, []
+            self.client.log_batch(self.run_id, params=self._take_params(), metrics=metrics)
         if error:
             self.client.set_tag(self.run_id, "tune_prune.error", error[:5000])
         if note:

@@ -85,7 +85,10 @@ class TrialContext:
         (shared) storage as the dense cache. Tune's experiment snapshot can lag behind its
         checkpoint pruning when a driver dies, leaving it pointing at a deleted checkpoint;
         this copy does not depend on that bookkeeping."""
-        return Path(self.cache_dir) / "trial_state" / self.parent_run_id / f"{trial.key}.pt"
+        return self.state_path_for_key(trial.key)
+
+    def state_path_for_key(self, trial_key: str) -> Path:
+        return Path(self.cache_dir) / "trial_state" / self.parent_run_id / f"{trial_key}.pt"
 
     def placement(self) -> tuple[torch.device, float]:
         """The trial's device, and its accelerator share (GPU fraction on CUDA, cores on CPU)."""
@@ -99,7 +102,12 @@ def events_saved(ctx: "TrialContext | Mapping[str, Any]", trial: TrialSpec) -> i
     The copy is written before each event is reported to Tune, so it is never behind
     Tune's checkpoint; the trial resumes after this many events.
     """
-    path = TrialContext.of(ctx).state_path(trial)
+    return events_saved_for_key(ctx, trial.key)
+
+
+def events_saved_for_key(ctx: "TrialContext | Mapping[str, Any]", trial_key: str) -> int:
+    """events_saved for a trial known by its key only (an adaptive trial, from its MLflow run)."""
+    path = TrialContext.of(ctx).state_path_for_key(trial_key)
     if not path.is_file():
         return 0
     # mmap: the counter is read without loading the weights into memory
@@ -243,12 +251,17 @@ def train_trial(config: dict[str, Any]) -> None:
 
     tracker = TrialTracker(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial,
                            device=device.type, accelerator_share=share)
-    done = tracker.finished_result()
+    # An adaptive trial (one with a bracket) can also have been stopped by its ASHA scheduler
+    # (KILLED); grid trials have no scheduler, so a KILLED grid run only means an interrupted one.
+    done = tracker.finished_result(stopped_too="bracket" in config)
     if done is not None:
-        # Already finished under this sweep (Tune's state lagged behind MLflow when a
-        # driver died): report what is recorded, redo nothing.
+        # Already finished or stopped under this sweep (Tune's state lagged behind MLflow when
+        # a driver died): report what is recorded, redo nothing. The restored scheduler sees
+        # the same result at the same milestone as before, and decides as it did then.
         replay = {k: v for k, v in done.items() if not k.startswith("epoch_")}
         replay.setdefault("event", replay.get("n_events", 0.0))
+        if "sparsity" in replay and replay["sparsity"] < 1.0:
+            replay["milestone"] = -math.log2(1.0 - replay["sparsity"])
         _report(replay)
         return
     logged_through = tracker.start()
