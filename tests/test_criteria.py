@@ -26,7 +26,7 @@ def test_gradient_criteria_prune_a_different_set_than_magnitude():
 
 
 def test_unknown_or_underfed_criterion_is_refused():
-    with pytest.raises(ValueError, match="accepted: global_magnitude, hessian_diag, l2_magnitude, taylor"):
+    with pytest.raises(ValueError, match="accepted: global_magnitude, hessian_diag, l2_magnitude, sparsegpt, taylor, wanda"):
         criteria.get("random")
     with pytest.raises(ValueError, match="needs gradient statistics"):
         criteria.scores("taylor", {"a": torch.ones(2)})

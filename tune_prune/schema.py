@@ -655,7 +655,18 @@ def _sparsity(v: Any) -> float:
     return float(v)
 
 
-CriterionName = Literal[tuple(sorted(CRITERIA))]  # type: ignore[valid-type]
+def _criteria(value: Any) -> Any:
+    names = ", ".join(sorted(CRITERIA))
+    if isinstance(value, str) and value in CRITERIA:
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v in CRITERIA for v in value):
+        return value
+    bad = next((v for v in value if v not in CRITERIA), value) if isinstance(value, list) and value else value
+    raise invalid(f"must be a criterion ({names}) or a non-empty list of them", bad)
+
+
+Criteria = custom(_criteria, {"anyOf": [{"enum": sorted(CRITERIA)},
+                                        {"type": "array", "minItems": 1, "items": {"enum": sorted(CRITERIA)}}]})
 
 
 def _build_spec_model() -> type[Section]:
@@ -719,7 +730,7 @@ def _build_spec_model() -> type[Section]:
         "storage_path": (PathString, Field("tune_prune_runs", description="Ray Tune results and checkpoints")),
         "cache_dir": (PathString, Field(".tune_prune_cache", description="dense models and trial state")),
         "search": (SearchSection, SearchSection()),
-        "criterion": (Optional[Union[CriterionName, Annotated[list[CriterionName], Field(min_length=1)]]],
+        "criterion": (Optional[Criteria],
                       Field(None, description="weight or channel importance; default global_magnitude "
                             "(unstructured) or l2_magnitude (structured). A list compares criteria in one "
                             "sweep: each schedule runs with each, as strategies named schedule+criterion "

@@ -125,25 +125,21 @@ def scores(name: str, params: dict[str, torch.Tensor], grad_mean: dict[str, torc
 
 
 @torch.no_grad()
-def activation_sq_sums(model: torch.nn.Module, weights: dict[str, torch.Tensor],
-                       run_batches: Callable[[], None]) -> dict[str, torch.Tensor]:
-    """Per prunable Linear weight, the sum over every calibration token of each input feature's
-    squared activation, recorded by forward hooks while ``run_batches()`` runs the model.
-
-    Only 2-D (Linear) weights are covered; Wanda has no rule for convolutions.
-    """
+def record_linear_inputs(model: torch.nn.Module, weights: dict[str, torch.Tensor], run_batches: Callable[[], None],
+                         on_input: Callable[[str, torch.Tensor], None]) -> None:
+    """Call ``on_input(weight name, inputs as (tokens, in_features))`` for the input of every Linear
+    owning one of the 2-D ``weights`` (module name + ".weight"), at each forward pass while
+    ``run_batches()`` runs the model. Other tensors are skipped; the hooks are removed even
+    if ``run_batches`` raises."""
     modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
     hooks = []
     for name, w in weights.items():
-        mod = modules.get(name.rsplit(".", 1)[0])
+        mod = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
         if not isinstance(mod, torch.nn.Linear) or w.dim() != 2:
             continue
 
         def hook(_m, inputs, _out, key=name):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            acc = x.pow(2).sum(0)
-            sums[key] = acc if key not in sums else sums[key] + acc
+            on_input(key, inputs[0].detach().reshape(-1, inputs[0].shape[-1]))
 
         hooks.append(mod.register_forward_hook(hook))
     try:
@@ -151,4 +147,20 @@ def activation_sq_sums(model: torch.nn.Module, weights: dict[str, torch.Tensor],
     finally:
         for h in hooks:
             h.remove()
+
+
+def activation_sq_sums(model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                       run_batches: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Per prunable Linear weight, the sum over every calibration token of each input feature's
+    squared activation, recorded while ``run_batches()`` runs the model.
+
+    Only 2-D (Linear) weights are covered; Wanda has no rule for convolutions.
+    """
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(key: str, x: torch.Tensor) -> None:
+        acc = x.float().pow(2).sum(0)
+        sums[key] = acc if key not in sums else sums[key] + acc
+
+    record_linear_inputs(model, weights, run_batches, add)
     return sums

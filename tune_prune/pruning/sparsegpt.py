@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from tune_prune.pruning.criteria import record_linear_inputs
+
 
 @torch.no_grad()
 def input_hessians(model: torch.nn.Module, weights: dict[str, torch.Tensor],
@@ -38,27 +40,16 @@ def input_hessians(model: torch.nn.Module, weights: dict[str, torch.Tensor],
     are skipped (``prune_model_`` refuses them with a message); so is a Linear that saw no
     token. The hooks are removed even if ``run_batches`` raises.
     """
-    modules = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
-    for name, w in weights.items():
-        mod = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
-        if not isinstance(mod, torch.nn.Linear) or w.dim() != 2:
-            continue
 
-        def hook(_m, inputs, _out, key=name):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(dtype)
-            xtx = x.T @ x
-            sums[key] = xtx if key not in sums else sums[key] + xtx
-            counts[key] = counts.get(key, 0) + x.shape[0]
+    def add(key: str, x: torch.Tensor) -> None:
+        x = x.to(dtype)
+        xtx = x.T @ x
+        sums[key] = xtx if key not in sums else sums[key] + xtx
+        counts[key] = counts.get(key, 0) + x.shape[0]
 
-        hooks.append(mod.register_forward_hook(hook))
-    try:
-        run_batches()
-    finally:
-        for h in hooks:
-            h.remove()
+    record_linear_inputs(model, weights, run_batches, add)
     return {k: s / counts[k] for k, s in sums.items() if counts[k] > 0}
 
 
