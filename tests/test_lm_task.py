@@ -292,3 +292,22 @@ def test_sparsegpt_is_refused_outside_language_models(fortunes, tmp_path):
     with pytest.raises(SpecError, match="task: causal_lm") as err:
         parse(raw)
     assert err.value.field == "criterion"
+
+
+def test_the_tinystories_spec_without_the_hub_is_one_clear_error(tmp_path):
+    """Here there is no network: validate names the dataset field and what to do, in one line, exit 2."""
+    import subprocess
+    import sys
+
+    tinystories = SPEC.parent / "tinystories_gptneo33m.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNE_PRUNE_DATA": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "tune_prune", "validate", "--smoke-test", str(tinystories)],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("tune-prune: error: dataset.hf_dataset: 'roneneldan/TinyStories' cannot be fetched")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "tune_prune_runs").exists()
+    # and without the data check it is a valid spec of the paper's case
+    proc = subprocess.run([sys.executable, "-m", "tune_prune", "validate", "--no-data-check", str(tinystories)],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "hybrid+sparsegpt" in proc.stdout, proc.stderr[-2000:]

@@ -156,7 +156,12 @@ def _hf_records(source: str, split: str | None, column: str, revision: str | Non
                                      + ("" if split is None else f" (not {split!r})"))
                 ds = ds[split]
         else:
-            ds = datasets.load_dataset(source, split=split or "train", revision=revision)
+            try:
+                ds = datasets.load_dataset(source, split=split or "train", revision=revision)
+            except (ConnectionError, OSError) as exc:
+                raise ValueError(f"dataset.hf_dataset: {source!r} cannot be fetched from the Hugging Face hub here "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); where there is network "
+                                 "access, save it with save_to_disk and give that directory") from None
         if column not in ds.column_names:
             raise ValueError(f"dataset.text_column: {source} has no column {column!r}; its columns: "
                              f"{', '.join(ds.column_names)}")
@@ -208,7 +213,11 @@ def load_text(files: Sequence[str] | None = None, *, tokenizer: str | None = Non
     else:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tok_dir)
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_dir)
+        except OSError as exc:
+            raise ValueError(f"dataset.tokenizer: {tokenizer!r} cannot be loaded ({str(exc).splitlines()[0][:160]}); "
+                             "give a local tokenizer directory (save_pretrained)") from None
         # one long text: the tokenizer's max length is a per-sequence limit, blocks are cut below
         ids, vocab = tok(text, verbose=False)["input_ids"], len(tok)
     train, val, test = split_blocks(pack(ids, block_size), val_size, test_size, split_seed)
