@@ -756,7 +756,19 @@ def run_sweep(
         task = ray.remote(_pretrain_remote).options(num_cpus=res.cpu, num_gpus=res.gpu)
         _say(out, f"dense models: {len(by_key)} (cache {cache_dir})")
         t0 = time.perf_counter()
-        pre = ray.get([task.remote(t.to_dict(), cache_dir, res.cpu, res.gpu, asdict(spec.execution)) for t in by_key.values()])
+        pending = {task.remote(t.to_dict(), cache_dir, res.cpu, res.gpu, asdict(spec.execution)): t
+                   for t in by_key.values()}
+        done_by_key: dict[str, dict[str, Any]] = {}
+        while pending:
+            # one line per dense model as it is ready: pretraining can take minutes per seed
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            t = pending.pop(ready[0])
+            p = ray.get(ready[0])
+            done_by_key[t.dense_key] = p
+            how = "trained" if p["trained"] else "from cache"
+            _say(out, f"  dense model {len(done_by_key)}/{len(by_key)} ready after {time.perf_counter() - t0:.0f}s "
+                      f"(seed {t.seed}, {how}): val {spec.metric.name} {p['result'].get('val_score', float('nan')):.4f}")
+        pre = [done_by_key[k] for k in by_key]
         from tune_prune.loop import PretrainResult
 
         results = {p["dense_key"]: PretrainResult.from_dict(p["result"]) for p in pre}
