@@ -174,3 +174,23 @@ def test_sqlite_stores_are_opened_in_write_ahead_log_mode(store, db):
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_without_logged_models_a_trial_keeps_its_speed_and_layers_but_saves_no_model(store):
+    import torch
+
+    uri, exp, parent, spec = store
+    trial = next(t for t in spec.trials() if not t.is_dense and t.seed == spec.seeds[-1])
+    t = tr.TrialTracker(uri, exp, parent, trial)
+    t.start()
+    _log(t, range(1, len(trial.sparsities) + 1), len(trial.sparsities))
+    model_id = t.log_final_model(torch.nn.Linear(2, 2), {"latency_speedup": 1.5}, {"fc": {"params": 6, "sparsity": 0.5}},
+                                 log_model=False)
+    t.finish()
+    client = MlflowClient(uri)
+    run = client.get_run(t.run_id)
+    assert model_id is None and not (run.outputs and run.outputs.model_outputs)
+    assert run.data.metrics["latency_speedup"] == 1.5
+    assert {a.path for a in client.list_artifacts(t.run_id)} >= {tr.LAYER_SPARSITY}
+    row = tr.load_records(uri, exp, parent).query("trial_key == @trial.key").iloc[-1]
+    assert row["latency_speedup"] == 1.5

@@ -50,7 +50,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: the fields of a spec, in the order messages list them
 TOP_KEYS = ("name", "dataset", "model", "pretrain", "finetune", "budget", "target_sparsities", "seeds",
             "strategies", "resources", "max_failures", "storage_path", "cache_dir", "search", "criterion",
-            "structure", "speed", "execution", "prune", "frontier_rule", "task", "smoke_test")
+            "structure", "speed", "execution", "prune", "frontier_rule", "task", "tracking", "smoke_test")
 
 
 class SchemaError(ValueError):
@@ -502,6 +502,15 @@ class ExecutionSection(Section):
         "auto", description="auto: NHWC for conv models on CUDA")
 
 
+class TrackingSection(Section):
+    """What each trial records in MLflow beyond its metrics; not part of trial keys."""
+
+    log_models: bool = Field(
+        True, description="log each trial's final model as an MLflow logged model (the Models column, "
+        "load_final_model); false for studies of thousands of tiny trials, where saving a model is about a "
+        "third of each trial's cost")
+
+
 class SpeedSection(Section):
     """How each trial's final model is timed against the dense one."""
 
@@ -738,6 +747,7 @@ def _build_spec_model() -> type[Section]:
         "structure": (Literal[STRUCTURES], Field("unstructured", description="unstructured: masks; "  # type: ignore[valid-type]
                       "structured: whole channels removed")),
         "speed": (SpeedSection, SpeedSection()),
+        "tracking": (TrackingSection, TrackingSection()),
         "execution": (ExecutionSection, ExecutionSection()),
         "smoke_test": (Optional[dict[str, Any]], Field(None, json_schema_extra=smoke_schema)),
     }

@@ -246,6 +246,13 @@ class SpeedSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """What each trial records in MLflow beyond its metrics (not in trial keys)."""
+
+    log_models: bool = True
+
+
+@dataclass(frozen=True)
 class ExecutionSpec:
     """Speed choices, resolved per device at run time (see tune_prune.loop.FastPath); not in trial keys.
 
@@ -500,6 +507,7 @@ class SweepSpec:
     structure: str = UNSTRUCTURED
     speed: SpeedSpec = field(default_factory=SpeedSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     prune_include: tuple[str, ...] = ()
     prune_exclude: tuple[str, ...] = ()
     frontier_rule: str = "all_events"  # which events are frontier points; changes no trial
@@ -757,6 +765,7 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         search=SearchSpec(**_given(checked.search)),
         criterion=criteria[0], criteria=criteria if len(criteria) > 1 else (), structure=structure,
         speed=SpeedSpec(**_given(checked.speed)), execution=ExecutionSpec(**_given(checked.execution)),
+        tracking=TrackingSpec(**_given(checked.tracking)),
         prune_include=tuple(checked.prune.include), prune_exclude=tuple(checked.prune.exclude),
         frontier_rule=checked.frontier_rule, task=checked.task,
         resolved=_frozen(raw),

@@ -783,7 +783,8 @@ def run_sweep(
 
         ctx = TrialContext(tracking_uri=tracking_uri, experiment_id=tracker.experiment_id, parent_run_id=parent_id,
                            cache_dir=cache_dir, cpu_per_trial=res.cpu, gpu_per_trial=res.gpu,
-                           speed=asdict(spec.speed), execution=asdict(spec.execution))
+                           speed=asdict(spec.speed), execution=asdict(spec.execution),
+                           tracking=asdict(spec.tracking))
         progress = _progress_callback(len(trials) if spec.search.mode == "grid" else 0)
         # What `tune-prune resume` needs if this driver dies, beside Tune's own state: a grid
         # sweep is one Tuner in this directory, an adaptive one a Tuner per phase below it.

@@ -742,7 +742,7 @@ class TrialTracker:
         self._pending_params["prunable_params"] = count
 
     def log_final_model(self, model: Any, speed: dict[str, float] | None,
-                        layers: dict[str, dict[str, float]] | None = None) -> str:
+                        layers: dict[str, dict[str, float]] | None = None, log_model: bool = True) -> str | None:
         """The final model as an MLflow logged model (the runs table's Models column), its measured speed,
         and where the pruning fell, layer by layer (``layer_sparsity.json``); returns the model's id.
 
@@ -750,20 +750,21 @@ class TrialTracker:
         PyTorch format, pickled as ``torch.save`` does; ``load_final_model`` or
         ``mlflow.pytorch.load_model("models:/<id>")`` loads it (tune_prune must be importable).
         The final event's metrics and the speed metrics are linked to the model and the dataset,
-        so MLflow's model comparison lists them.
+        so MLflow's model comparison lists them. ``log_model=False`` (the spec's
+        tracking.log_models) records all of that but the model; returns None then.
         """
-        model_id = self._log_model(model.to("cpu"))
+        model_id = self._log_model(model.to("cpu")) if log_model else None
         if layers is not None:
             self._log_json(layers, LAYER_SPARSITY)
         self._speed = {k: float(v) for k, v in (speed or {}).items()}  # for the read-back record
         ts = _now_ms()
-        link = {"model_id": model_id}
+        link = {"model_id": model_id} if model_id is not None else {}
         if self._dataset is not None:
             link.update(dataset_name=self._dataset.name, dataset_digest=self._dataset.digest)
         # the same key, value, timestamp and step as already logged: MLflow keeps the run's history
         # as it is and records the values for the model
         final = [Metric(m.key, m.value, m.timestamp, m.step, **link) for m in self._last_event
-                 if m.key in MODEL_METRICS]
+                 if m.key in MODEL_METRICS and model_id is not None]
         final += [Metric(k, float(v), ts, 0, **link) for k, v in (speed or {}).items()]
         # sent with finish()'s batch (params, status): one request fewer per trial. A crash in
         # between loses only these links; the run's own history already holds the values.

@@ -71,6 +71,7 @@ class TrialContext:
     gpu_per_trial: float
     speed: dict[str, Any] = field(default_factory=dict)
     execution: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, value: "TrialContext | Mapping[str, Any]") -> "TrialContext":
@@ -229,7 +230,7 @@ def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.de
             vocab = env.data.num_classes if trial.task == "causal_lm" else None
             speed = speedup_metrics(dense, model, env.data.in_shape, device, trial.structure == STRUCTURED, **opts,
                                     vocab_size=vocab)
-        tracker.log_final_model(model, speed, layers)
+        tracker.log_final_model(model, speed, layers, log_model=ctx.tracking.get("log_models", True))
 
     resume = _resume_state(own)
     if resume is not None:
