@@ -99,7 +99,7 @@ def test_a_users_own_architecture_from_a_module_in_the_working_directory(tmp_pat
     ({"source": "torchvision", "name": "resnet1800"}, "model.name", "torchvision has no classification model"),
     ({"source": "torchvision", "name": "resnet18", "weights": "CIFAR"}, "model.weights", "accepted: IMAGENET1K_V1"),
     ({"source": "timm", "name": "vit_smol"}, "model.name", "timm has no model 'vit_smol'"),
-    ({"source": "keras", "name": "x"}, "model.source", "accepted: builtin, python, timm, torchvision"),
+    ({"source": "keras", "name": "x"}, "model.source", "accepted: builtin, huggingface, python, timm, torchvision"),
     ({"source": "timm", "name": "resnet18", "hidden": 3}, "model.hidden", "unknown field"),
 ])
 def test_model_sources_refuse_unknown_names(model, field, message):
