@@ -670,8 +670,11 @@ def _criteria(value: Any) -> Any:
         return value
     if isinstance(value, list) and value and all(isinstance(v, str) and v in CRITERIA for v in value):
         return value
-    bad = next((v for v in value if v not in CRITERIA), value) if isinstance(value, list) and value else value
-    raise invalid(f"must be a criterion ({names}) or a non-empty list of them", bad)
+    if isinstance(value, list) and not value:
+        raise invalid(f"must be a criterion ({names}) or a non-empty list of them", value)
+    bad = next((v for v in value if v not in CRITERIA), value) if isinstance(value, list) else value
+    raise PydanticCustomError("tune_prune", "unknown value {got}; accepted: {names}, or a list of them",
+                              {"got": shown(bad), "names": names})
 
 
 Criteria = custom(_criteria, {"anyOf": [{"enum": sorted(CRITERIA)},
@@ -713,9 +716,6 @@ def _build_spec_model() -> type[Section]:
                     "description": "overrides applied by --smoke-test (a tiny run of the same code path)"}
     fields: dict[str, Any] = {
         "name": (SafeName, Field(description="the sweep's name: MLflow experiment and run directory names")),
-        "task": (Literal["causal_lm", "classification"], Field(  # type: ignore[valid-type]
-            "classification", description="classification (scored by accuracy, higher is better) or causal_lm "
-            "(a Hugging Face language model on a text dataset, scored by perplexity, lower is better)")),
         "dataset": (_tagged([*_dataset_models(), TextDataset]), Field(description="the data; its own options beside name")),
         "model": (_model_union(), Field(description="the network: a built-in name with its options, or "
                                         "source: torchvision, timm, python or huggingface")),
@@ -747,8 +747,11 @@ def _build_spec_model() -> type[Section]:
         "structure": (Literal[STRUCTURES], Field("unstructured", description="unstructured: masks; "  # type: ignore[valid-type]
                       "structured: whole channels removed")),
         "speed": (SpeedSection, SpeedSection()),
-        "tracking": (TrackingSection, TrackingSection()),
         "execution": (ExecutionSection, ExecutionSection()),
+        "task": (Literal["causal_lm", "classification"], Field(  # type: ignore[valid-type]
+            "classification", description="classification (scored by accuracy, higher is better) or causal_lm "
+            "(a Hugging Face language model on a text dataset, scored by perplexity, lower is better)")),
+        "tracking": (TrackingSection, TrackingSection()),
         "smoke_test": (Optional[dict[str, Any]], Field(None, json_schema_extra=smoke_schema)),
     }
     return create_model("SweepSpecFile", __base__=SpecBase,
