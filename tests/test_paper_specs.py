@@ -31,8 +31,14 @@ def test_the_paper_spec_validates_for_its_cluster(name, capsys):
     assert spec.finetune.lr == 0.001 and spec.finetune.momentum == 0.9 and spec.finetune.weight_decay == 5e-4
 
 
+#: the two heaviest smoke runs (a 224 px ResNet-18 and an EfficientNetV2-S on a 2-core CPU: 2.5 and
+#: 1.5 minutes) run with -m slow; the ViT's runs by default, and the CIFAR ResNet-18 studies'
+#: smoke runs are in test_paper_protocol.py
+SMOKE = [pytest.param(n, marks=pytest.mark.slow) if n != "cifar10_vit_s16.yaml" else n for n in PAPER]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.parametrize("name", SMOKE)
 def test_the_paper_spec_smoke_run_passes_on_this_cpu(name, tmp_path):
     from tune_prune.sweep import run_sweep
     from tune_prune.tracking import resolve_tracking_uri
