@@ -311,3 +311,19 @@ def test_the_tinystories_spec_without_the_hub_is_one_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tune_prune", "validate", "--no-data-check", str(tinystories)],
                           capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert proc.returncode == 0 and "hybrid+sparsegpt" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_pretrained_weights_without_their_tokenizer_are_refused(fortunes, tmp_path):
+    from tune_prune.lm import build_causal_lm
+
+    model_dir = tmp_path / "my_lm"
+    build_causal_lm(config={**TINY, "vocab_size": 384}).save_pretrained(model_dir)  # weights, no tokenizer
+    raw = lm_raw(tmp_path, model=dict(source="huggingface", name=str(model_dir)))
+    raw["pretrain"].pop("epochs")  # pretrained weights: used as they are unless told otherwise
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    assert err.value.field == "dataset.tokenizer" and "holds no tokenizer" in str(err.value)
+    # named explicitly, the user's choice stands; the model counts in keys by its content
+    raw["dataset"]["tokenizer"] = str(tmp_path / "tok")
+    spec = parse_spec(raw)
+    assert spec.model.checkpoint_sha256 and spec.pretrain.epochs == 0 and spec.model.starts_from_weights

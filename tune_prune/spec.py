@@ -749,6 +749,11 @@ def _to_sweep(checked: Any, raw: dict[str, Any], check_data: bool) -> SweepSpec:
         if not local.is_dir() or any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             data["tokenizer"] = raw["dataset"]["tokenizer"] = model.name
             dataset = DatasetSpec(name=checked.dataset.name, **common, options=_frozen(data))
+        else:
+            # a tokenizer trained here would number tokens unlike the one the weights learned
+            raise SpecError("dataset.tokenizer", f"model {model.name} holds no tokenizer (tokenizer.json or "
+                            "tokenizer_config.json) and pretrained weights need their own: give its directory "
+                            "or hub id")
     for f in ("hf_dataset", "tokenizer"):
         if data.get(f) is not None and Path(data[f]).expanduser().exists():
             data[f] = raw["dataset"][f] = _absolute(data[f])
