@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -78,31 +79,32 @@ class LMEvaluation:
     tokens: int
 
 
+def next_token_loss(logits: torch.Tensor, blocks: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each position's logits against the next token of ``blocks``."""
+    logits = logits[:, :-1].float()
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1),
+                                       reduction=reduction)
+
+
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> LMEvaluation:
-    """Mean next-token loss over every predicted token of ``blocks`` and its perplexity."""
+def evaluate_lm(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16,
+                autocast: Callable[[], Any] = contextlib.nullcontext) -> LMEvaluation:
+    """Mean next-token loss over every predicted token of ``blocks`` and its perplexity
+    (``autocast``: the context the forward passes run in, e.g. bf16 on CUDA)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=blocks.device)  # one sync per evaluation
     for i in range(0, blocks.shape[0], batch_size):
         x = blocks[i:i + batch_size]
-        logits = model(input_ids=x).logits[:, :-1]
-        target = x[:, 1:]
-        total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                                                   reduction="sum"))
-        count += target.numel()
+        with autocast():
+            logits = model(input_ids=x).logits
+        total += next_token_loss(logits, x, reduction="sum")
     model.train(was_training)
-    loss = total / count
+    count = blocks.shape[0] * (blocks.shape[1] - 1)
+    loss = float(total) / count
     return LMEvaluation(loss, math.exp(min(loss, 700.0)), count)
 
 
 def lm_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The training loss of one batch of blocks (Hugging Face shifts the labels itself)."""
-    return model(input_ids=x, labels=x).loss
-
-
-def calibration_batches(blocks: torch.Tensor, n_batches: int, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
-    """``n_batches`` seeded random batches of training blocks (Wanda's calibration data)."""
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(n_batches):
-        yield blocks[torch.randint(0, blocks.shape[0], (batch_size,), generator=g).to(blocks.device)]
+    """The training loss of one batch of blocks."""
+    return next_token_loss(model(input_ids=x).logits, x)

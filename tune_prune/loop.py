@@ -14,7 +14,6 @@ prune event (the state is what a checkpoint needs to resume at the next event).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_prune.data import Bundle
-from tune_prune import models
+from tune_prune import lm, models
 from tune_prune.pruning import budget as budget_policies
 from tune_prune.pruning import criteria, sparsegpt
 from tune_prune.pruning.masks import MaskSet
@@ -138,10 +137,6 @@ class Evaluation:
             raise AttributeError(f"an evaluation of {self.metric} has no accuracy")
         return self.score
 
-    def monitored(self, monitor: str) -> float:
-        """The value patience watches: ``val_loss`` or the task's metric."""
-        return self.loss if monitor == "val_loss" else self.score
-
 
 @dataclass(frozen=True)
 class PretrainResult:
@@ -243,13 +238,8 @@ def batch_loss(model: nn.Module, data: Any, xb: torch.Tensor, yb: torch.Tensor, 
     """The training loss of one prepared batch: cross-entropy on labels, or next-token loss on blocks."""
     with fast.autocast(xb.device):
         if is_lm(data):
-            return _next_token_loss(model(input_ids=xb).logits, xb)
+            return lm.lm_loss(model, xb)
         return F.cross_entropy(model(xb).float(), yb)
-
-
-def _next_token_loss(logits: torch.Tensor, blocks: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    logits = logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1), reduction=reduction)
 
 
 @torch.no_grad()
@@ -279,15 +269,9 @@ LM_EVAL_BATCH = 16
 
 def _evaluate_lm(model: nn.Module, data: Any, split: str, fast: FastPath) -> Evaluation:
     blocks = data.labels(split)
+    ev = lm.evaluate_lm(model, blocks, LM_EVAL_BATCH, autocast=lambda: fast.autocast(blocks.device))
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=blocks.device)
-    for xb, _ in data.batches(split, LM_EVAL_BATCH):
-        with fast.autocast(xb.device):
-            logits = model(input_ids=xb).logits
-        loss_sum += _next_token_loss(logits, xb, reduction="sum")
-    tokens = blocks.shape[0] * (blocks.shape[1] - 1)
-    loss = float(loss_sum) / tokens
-    return Evaluation(score=math.exp(min(loss, 700.0)), loss=loss, metric="perplexity")
+    return Evaluation(score=ev.perplexity, loss=ev.loss, metric="perplexity")
 
 
 def train_epoch(
@@ -355,13 +339,7 @@ def activation_statistics(
 ) -> dict[str, torch.Tensor]:
     """Per prunable Linear weight, the summed squared input activations over training batches
     (Wanda's calibration), in eval mode like ``gradient_statistics``."""
-    model.eval()
-
-    def run() -> None:
-        for xb, _ in data.batches("train", batch_size, generator, max_batches=batches):
-            model(data.prepare(xb, train=False))
-
-    return criteria.activation_sq_sums(model, masks.params, run)
+    return criteria.activation_sq_sums(model, masks.params, _calibration(model, data, batch_size, generator, batches))
 
 
 def input_statistics(
@@ -370,13 +348,19 @@ def input_statistics(
 ) -> dict[str, torch.Tensor]:
     """Per prunable Linear weight, the mean x x^T of its inputs over training batches (SparseGPT's
     calibration), in eval mode like ``activation_statistics``."""
+    return sparsegpt.input_hessians(model, masks.params, _calibration(model, data, batch_size, generator, batches))
+
+
+def _calibration(model: nn.Module, data: Bundle, batch_size: int, generator: torch.Generator,
+                 batches: int) -> Callable[[], None]:
+    """What Wanda's and SparseGPT's hooks watch: forward passes over training batches, in eval mode."""
     model.eval()
 
     def run() -> None:
         for xb, _ in data.batches("train", batch_size, generator, max_batches=batches):
             model(data.prepare(xb, train=False))
 
-    return sparsegpt.input_hessians(model, masks.params, run)
+    return run
 
 
 def _generator(device: torch.device, *seed_parts: int) -> torch.Generator:
@@ -615,9 +599,7 @@ def prune_scope(trial: TrialSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
     embedding in most models) stay dense unless prune.include names them."""
     if trial.task != "causal_lm" or trial.prune_include:
         return trial.prune_include, trial.prune_exclude
-    from tune_prune.lm import LM_DENSE_BY_DEFAULT
-
-    return (), tuple(dict.fromkeys(trial.prune_exclude + LM_DENSE_BY_DEFAULT))
+    return (), tuple(dict.fromkeys(trial.prune_exclude + lm.LM_DENSE_BY_DEFAULT))
 
 
 def _reached(pruner: MaskSet | ChannelPruner) -> dict[str, float]:
