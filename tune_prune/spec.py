@@ -372,18 +372,15 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
-        def tup(v: Any) -> Any:
-            return tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-
         d = dict(d)
-        d["dataset"] = DatasetSpec(**{**d["dataset"], "options": tup(d["dataset"].get("options", []))})
+        d["dataset"] = DatasetSpec(**{**d["dataset"], "options": _refreeze(d["dataset"].get("options", ()))})
         d["model"] = ModelSpec.from_dict(d["model"])
         for f in ("prune_include", "prune_exclude"):
             d[f] = tuple(d.get(f, ()))
         d["pretrain"] = PretrainSpec(**d["pretrain"])
         d["finetune"] = FinetuneSpec(**d["finetune"])
         d["budget"] = BudgetSpec(**d["budget"])
-        d["knobs"] = tup(d.get("knobs", []))
+        d["knobs"] = _refreeze(d.get("knobs", ()))
         return cls(**d)
 
     # ---- content keys -------------------------------------------------

@@ -1,6 +1,6 @@
 """The Ray Tune function trainable: config -> TrialSpec -> loop, reporting after every prune event.
 
-The config carries the trial (``config["trial"]``, a TrialSpec as a dict) and the
+The config carries the trial (``config["trial"]``, a TrialSpec's dict as JSON) and the
 sweep context (``config["ctx"]``: tracking URI, experiment and parent run ids,
 cache dir, resources). Each event is logged to the trial's MLflow child run first,
 then saved as the trial's own state copy and reported to Tune with a checkpoint, so
@@ -10,6 +10,8 @@ run (found by its trial key) without logging a step twice.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import tempfile
@@ -135,7 +137,8 @@ def _resume_state(own: Path) -> LoopState | None:
 def trial_from_config(config: dict[str, Any]) -> TrialSpec:
     """A grid trial carries its whole TrialSpec; an adaptive one carries its bracket and sampled point."""
     if "trial" in config:
-        return TrialSpec.from_dict(config["trial"])
+        trial = config["trial"]  # JSON (a dict in sweeps started by earlier versions)
+        return TrialSpec.from_dict(json.loads(trial) if isinstance(trial, str) else trial)
     base = TrialSpec.from_dict(config["base"])
     shared = {f: getattr(base, f) for f in SHARED_FIELDS}
     b = config["bracket"]
