@@ -70,6 +70,16 @@ def test_trial_spec_round_trips_through_a_dict(raw):
         assert TrialSpec.from_dict(t.to_dict()) == t
 
 
+@pytest.mark.parametrize("name", ["fortunes_tiny_gptneo.yaml", "quickstart.yaml", "fashion_mnist_structured.yaml"])
+def test_trial_spec_round_trips_through_json_as_tune_hands_it_to_a_worker(name, quickstart_path):
+    """Trials travel to Tune as JSON; nested options (the text dataset's file list) come back equal."""
+    import json
+
+    for t in load_spec(quickstart_path.parent / name).trials()[:6]:
+        back = TrialSpec.from_dict(json.loads(json.dumps(t.to_dict())))
+        assert back == t and back.key == t.key and hash(back.dataset) == hash(t.dataset)
+
+
 def _set(raw, path, value):
     d = raw
     keys = path.split(".")
