@@ -194,3 +194,76 @@ def test_without_logged_models_a_trial_keeps_its_speed_and_layers_but_saves_no_m
     assert {a.path for a in client.list_artifacts(t.run_id)} >= {tr.LAYER_SPARSITY}
     row = tr.load_records(uri, exp, parent).query("trial_key == @trial.key").iloc[-1]
     assert row["latency_speedup"] == 1.5
+
+
+def _counting_searches(tracker: tr.TrialTracker) -> list:
+    """Counts the tracker's run searches (the real ones still run)."""
+    calls = []
+    real = tracker.client.search_runs
+
+    def search_runs(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    tracker.client.search_runs = search_runs
+    return calls
+
+
+def test_a_claim_spares_the_first_attempt_its_search_and_every_retry_finds_the_run(store, tmp_path):
+    uri, exp, parent, spec = store
+    trial = next(t for t in spec.trials() if len(t.sparsities) >= 3)
+    claim = tmp_path / "state" / f"{trial.key}.claim"
+    first = tr.TrialTracker(uri, exp, parent, trial, claim=claim)
+    searches = _counting_searches(first)
+    assert first.finished_result() is None and first.start() == 0
+    assert searches == [] and claim.is_file()  # written before the run was created
+    _log(first, range(1, 3), len(trial.sparsities))
+    first.finish("FAILED", error="worker lost")
+    again = tr.TrialTracker(uri, exp, parent, trial, claim=claim)
+    searches = _counting_searches(again)
+    assert again.start() == 2 and again.run_id == first.run_id and len(searches) == 1
+    # claimed but no run (the worker died between the two): the retry searches, finds none, creates one
+    other = next(t for t in spec.trials() if not t.is_dense and t.key != trial.key)
+    lone = tmp_path / "state" / f"{other.key}.claim"
+    lone.touch()
+    late = tr.TrialTracker(uri, exp, parent, other, claim=lone)
+    searches = _counting_searches(late)
+    assert late.start() == 0 and len(searches) == 1 and late.run_id is not None
+
+
+def test_the_last_events_record_is_written_by_finish_and_a_retry_in_between_catches_up(store):
+    uri, exp, parent, spec = store
+    trial = next(t for t in spec.trials() if len(t.sparsities) >= 3)
+    n = len(trial.sparsities)
+    t = tr.TrialTracker(uri, exp, parent, trial)
+    t.start()
+    _log(t, range(1, n), n)
+    t.log_event(_event(n, n), totals=True)
+    assert list(tr.load_records(uri, exp, parent)["event"]) == list(range(1, n))  # the record waits
+    # the worker dies here, its run holding the last event and the record not yet
+    again = tr.TrialTracker(uri, exp, parent, trial)
+    assert again.start() == n
+    assert list(tr.load_records(uri, exp, parent)["event"]) == list(range(1, n + 1))
+    again.finish()
+    rows = tr.load_records(uri, exp, parent)
+    assert list(rows["event"]) == list(range(1, n + 1)) and set(rows["status"]) == {"FINISHED"}
+    assert rows.iloc[-1]["test_accuracy"] == _event(n, n).test_metric
+
+
+def test_a_trial_that_fails_before_its_run_opens_still_gets_a_failed_run(store, tmp_path):
+    """The trial's data and dense model are prepared before its run opens; a failure there
+    (here: the dense model is not in the cache) is still recorded, with its error."""
+    from dataclasses import asdict
+
+    from tune_prune.trainable import TrialContext, train_trial
+
+    uri, exp, parent, spec = store
+    trial = next(t for t in spec.trials() if not t.is_dense)
+    ctx = TrialContext(tracking_uri=uri, experiment_id=exp, parent_run_id=parent, cache_dir=str(tmp_path / "empty"),
+                       cpu_per_trial=1, gpu_per_trial=0)
+    with pytest.raises(RuntimeError, match="missing from"):
+        train_trial({"trial": trial.to_dict(), "ctx": asdict(ctx)})
+    (run,) = MlflowClient(uri).search_runs(
+        [exp], f"tags.`{tr.PARENT_TAG}` = '{parent}' and tags.`{tr.TAG_TRIAL_KEY}` = '{trial.key}'")
+    assert run.info.status == "FAILED" and "missing from" in run.data.tags["tune_prune.error"]
+    assert run.data.params["target_sparsity"] == str(trial.target)

@@ -545,9 +545,14 @@ class TrialTracker:
     """Worker side: one child run per trial, found again by its trial key on retry."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial: TrialSpec,
-                 device: str = "cpu", accelerator_share: float = 1.0) -> None:
+                 device: str = "cpu", accelerator_share: float = 1.0, claim: Path | None = None) -> None:
         """``accelerator_share``: GPUs held (a fraction when shared) on a GPU, CPU cores on a CPU;
-        accelerator_seconds = share x wall seconds."""
+        accelerator_seconds = share x wall seconds.
+
+        ``claim``: a file on storage every attempt of this trial sees (the sweep's cache), written
+        just before the trial's run is created. While it is absent no attempt has created a run,
+        so the search for one (a request of the heaviest kind) is skipped; every attempt after
+        the first, in this driver or a resumed one, finds the file and searches."""
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_uri: str | None = None  # the child run's, known once it is opened
@@ -566,6 +571,7 @@ class TrialTracker:
         self._speed: dict[str, float] = {}
         self._found: Any = False  # the run _existing() found (False: not looked up yet)
         self._pending_params: dict[str, Any] = {}  # sent with the next batch
+        self._claim = claim
 
     def finished_result(self, stopped_too: bool = False) -> dict[str, float] | None:
         """The final metrics of this trial's child run if it already FINISHED under this parent
@@ -578,6 +584,8 @@ class TrialTracker:
 
     def _existing(self):
         # One search per trial: finished_result() and start() ask the same question back to back.
+        if self._found is False and self._claim is not None and not self._claim.exists():
+            self._found = None  # no attempt got as far as creating a run
         if self._found is False:
             runs = self.client.search_runs(
                 [self.experiment_id],
@@ -603,28 +611,37 @@ class TrialTracker:
         params.update(device=self.device, accelerator_share=self.share)
         return params
 
-    def start(self) -> int:
+    def start(self, tags: dict[str, str] | None = None) -> int:
         """Open (or reopen) the child run; return the last event already logged (0 if none).
+        ``tags``: set on the run with its creation (or in the reopened run's first request).
 
         A reopened run without params gets them: a worker killed between creating the
         run and logging its params leaves it bare (log_batch writes params all or
         nothing, so a run has all of them or none).
         """
+        tags = {k: str(v) for k, v in (tags or {}).items()}
         existing = self._existing()
         if existing is not None:
             self.run_id = existing.info.run_id
             self.artifact_uri = existing.info.artifact_uri
             self.client.update_run(self.run_id, status="RUNNING")
-            if not existing.data.params:
-                self.client.log_batch(self.run_id, params=_params(self._params()))
+            params = [] if existing.data.params else _params(self._params())
+            if params or tags:
+                self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
             history = self.client.get_metric_history(self.run_id, "sparsity")
             logged = max((m.step for m in history), default=0)
-            if logged:  # carry on with the record the parent holds (or rebuild it if it has none)
+            if logged:  # carry on with the record the parent holds (or rebuild it if it lacks events)
                 mine = decode_records(self.client.get_run(self.parent_run_id).data.tags).get(self.trial.key)
-                self._events = mine["events"] if mine else _events_from_history(self.client, self.run_id)
-                self._events = {e: v for e, v in self._events.items() if e <= logged}
+                if mine is None or max(mine["events"], default=0) < logged:
+                    # none, or written before the run's last event (the last event's record
+                    # is written by finish(): the worker died in between)
+                    mine = {"events": _events_from_history(self.client, self.run_id)}
+                self._events = {e: v for e, v in mine["events"].items() if e <= logged}
                 self._write_record("RUNNING")  # as the reopened run says
             return logged
+        if self._claim is not None:
+            self._claim.parent.mkdir(parents=True, exist_ok=True)
+            self._claim.touch()
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.trial.name,
@@ -637,6 +654,7 @@ class TrialTracker:
                 TAG_RUN_COLOR: STRATEGY_COLORS.get(self.trial.schedule, OTHER_COLOR),
                 TAG_CONFIG_KEY: self.trial.config_key,
                 "tune_prune.config": self.trial.config_label(),
+                **tags,
             },
         )
         self.run_id = run.info.run_id
@@ -697,7 +715,7 @@ class TrialTracker:
 
     def log_event(self, record: EventRecord, totals: bool = False) -> None:
         """The event's metrics (and the buffered epochs'); ``totals``: the trial's totals too
-        (its last event), in the same request."""
+        (its last event), in the same request, whose record on the parent finish() then writes."""
         ts = _now_ms()
         values = {k: v for k, v in record.metrics().items() if k != "event"}
         values["accelerator_seconds"] = record.wall_seconds * self.share
@@ -708,7 +726,8 @@ class TrialTracker:
             metrics += self._totals(record, ts)
         self._pending = []
         self._events[record.event] = {k: v for k, v in values.items() if k in EVENT_METRICS}
-        self._write_record("RUNNING")
+        if not totals:  # the last event's record is written once, by finish(), with the trial's status
+            self._write_record("RUNNING")
         # log_batch accepts at most 1000 metrics per call
         for i in range(0, len(metrics), 900):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 900], params=self._take_params())

@@ -93,6 +93,11 @@ class TrialContext:
     def state_path_for_key(self, trial_key: str) -> Path:
         return Path(self.cache_dir) / "trial_state" / self.parent_run_id / f"{trial_key}.pt"
 
+    def claim_path(self, trial: TrialSpec) -> Path:
+        """Written by the first attempt of a trial just before it creates its MLflow run, and
+        kept (see TrialTracker's ``claim``): an empty file beside the state copy."""
+        return self.state_path(trial).with_suffix(".claim")
+
     def placement(self) -> tuple[torch.device, float]:
         """The trial's device, and its accelerator share (GPU fraction on CUDA, cores on CPU)."""
         device = pick_device(float(self.gpu_per_trial))
@@ -147,12 +152,14 @@ def trial_from_config(config: dict[str, Any]) -> TrialSpec:
 
 @dataclass
 class _Prepared:
-    """A trial's data (normalised as its model expects), execution choices and dense model."""
+    """A trial's data (normalised as its model expects), execution choices and dense model,
+    and the tags that say where and how it ran."""
 
     data: Any
     fast: Any
     dense_state: dict[str, torch.Tensor]
     pretrain: Any
+    tags: dict[str, str]
 
 
 #: the last dataset this worker process loaded: Tune reuses the process for the next trial,
@@ -168,22 +175,23 @@ def _dataset(trial: TrialSpec):
     return _LAST_DATASET[key]
 
 
-def _prepare(trial: TrialSpec, ctx: TrialContext, device: torch.device, tracker: TrialTracker) -> _Prepared:
+def _prepare(trial: TrialSpec, ctx: TrialContext, device: torch.device) -> _Prepared:
+    """Everything a trial needs before its run opens; nothing here writes to MLflow."""
     import ray
 
     data = model_view(trial, _dataset(trial)).to(device)
-    tracker.log_dataset(data)
     fast = fast_path_for(trial, data, device, ctx.execution)
-    # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere. One request.
-    tracker.set_tags({"tune_prune.node_id": ray.get_runtime_context().get_node_id(),
-                      "tune_prune.data_storage": data.storage,
-                      "tune_prune.amp": "bf16" if fast.amp else "fp32",
-                      "tune_prune.channels_last": str(fast.channels_last).lower()})
     cached = dense_cache.load(ctx.cache_dir, trial.dense_key)
     if cached is None:
         raise RuntimeError(f"dense model {trial.dense_key} missing from {ctx.cache_dir}; "
                            "the sweep driver pretrains it before trials start")
-    return _Prepared(data, fast, *cached)
+    # Which node ran (or re-ran) this trial: a tag, since a retry may land elsewhere. Set with
+    # the run's creation, not in a request of their own.
+    tags = {"tune_prune.node_id": ray.get_runtime_context().get_node_id(),
+            "tune_prune.data_storage": data.storage,
+            "tune_prune.amp": "bf16" if fast.amp else "fp32",
+            "tune_prune.channels_last": str(fast.channels_last).lower()}
+    return _Prepared(data, fast, *cached, tags=tags)
 
 
 def _dense_model(trial: TrialSpec, env: _Prepared, device: torch.device):
@@ -254,7 +262,7 @@ def train_trial(config: dict[str, Any]) -> None:
     device, share = ctx.placement()
 
     tracker = TrialTracker(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial,
-                           device=device.type, accelerator_share=share)
+                           device=device.type, accelerator_share=share, claim=ctx.claim_path(trial))
     # An adaptive trial (one with a bracket) can also have been stopped by its ASHA scheduler
     # (KILLED); grid trials have no scheduler, so a KILLED grid run only means an interrupted one.
     done = tracker.finished_result(stopped_too="bracket" in config)
@@ -268,9 +276,10 @@ def train_trial(config: dict[str, Any]) -> None:
             replay["milestone"] = -math.log2(1.0 - replay["sparsity"])
         _report(replay)
         return
-    logged_through = tracker.start()
     try:
-        env = _prepare(trial, ctx, device, tracker)
+        env = _prepare(trial, ctx, device)
+        logged_through = tracker.start(tags=env.tags)
+        tracker.log_dataset(env.data)
         if trial.is_dense:
             _record_dense(trial, env, device, tracker)
         else:
@@ -283,6 +292,9 @@ def train_trial(config: dict[str, Any]) -> None:
             ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
         raise
     except BaseException as exc:
+        if tracker.run_id is None:  # failed before its run opened: a run still records why
+            with contextlib.suppress(Exception):  # (the error raised below is the one to see)
+                tracker.start()
         tracker.finish("FAILED", error="".join(traceback.format_exception_only(type(exc), exc)).strip())
         raise
     tracker.finish("FINISHED")
