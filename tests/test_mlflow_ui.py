@@ -71,6 +71,19 @@ def test_recommended_models_are_those_of_winning_runs_aimed_at_the_level():
     assert report.recommended_trials(_records(), [0.5, 0.9], "all_events") == ["geo-0", "geo-1", "geo-2"]
 
 
+def test_recommendations_computed_once_give_the_note_table_and_models_computing_them_would(tmp_path):
+    records = _records()
+    finished = records[records["status"] == "FINISHED"]
+    by_level = report.recommendations(finished, [0.5, 0.9], "all_events")
+    assert by_level[0.9].winner.strategy == "geometric"
+    assert report.markdown_note(records, "R", [0.5, 0.9], by_level=by_level) == report.markdown_note(records, "R", [0.5, 0.9])
+    assert report.recommended_trials(finished, [0.5, 0.9], "all_events", by_level) == ["geo-0", "geo-1", "geo-2"]
+    # a level it lacks is computed on the spot
+    partial = {0.9: by_level[0.9]}
+    assert report.recommendation_table(finished, [0.5, 0.9], "all_events", by_level=partial).equals(
+        report.recommendation_table(finished, [0.5, 0.9], "all_events"))
+
+
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

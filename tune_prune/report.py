@@ -17,7 +17,7 @@ import pandas as pd
 
 from tune_prune import frontier as fr
 from tune_prune.metrics import ACCURACY, Metric, of_columns
-from tune_prune.recommend import recommend
+from tune_prune.recommend import Recommendation, recommend
 
 COLORS = {"one_shot": "tab:blue", "constant": "tab:orange", "geometric": "tab:green", "hybrid": "tab:red"}
 
@@ -265,16 +265,29 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
+def recommendations(finished: pd.DataFrame, levels: Sequence[float], rule: str,
+                    metric: Metric | None = None) -> dict[float, Recommendation]:
+    """recommend() (whole budget) at each level, computed once for the tables, the note and the
+    models linked to the sweep, which all show it: each call costs tens of ms of pandas work."""
+    m = _metric(finished, metric)
+    return {level: recommend(finished, level, rule=rule, metric=m) for level in levels}
+
+
 def recommendation_table(finished: pd.DataFrame, levels: Sequence[float], rule: str,
-                         front: pd.DataFrame | None = None, metric: Metric | None = None) -> pd.DataFrame:
-    """One row per target sparsity: winner, its test metric, runner-up, difference, p, distinguishable."""
+                         front: pd.DataFrame | None = None, metric: Metric | None = None,
+                         by_level: dict[float, Recommendation] | None = None) -> pd.DataFrame:
+    """One row per target sparsity: winner, its test metric, runner-up, difference, p, distinguishable.
+    ``by_level``: recommendations() of the same records, if already computed."""
     m = _metric(finished, metric)
     if front is None:
         front = fr.frontier(finished, levels, rule, metric=m)
+    if front.empty:
+        return pd.DataFrame()
+    by_level = by_level or {}
     rows = []
     for level in levels:
-        rec = recommend(finished, level, rule=rule, metric=m) if not front.empty else None
-        if rec is None or rec.winner is None:
+        rec = by_level[level] if level in by_level else recommend(finished, level, rule=rule, metric=m)
+        if rec.winner is None:
             continue
         cmp = rec.comparison
         rows.append({
@@ -290,15 +303,17 @@ def recommendation_table(finished: pd.DataFrame, levels: Sequence[float], rule: 
     return pd.DataFrame(rows)
 
 
-def recommended_trials(finished: pd.DataFrame, levels: Sequence[float], rule: str) -> list[str]:
+def recommended_trials(finished: pd.DataFrame, levels: Sequence[float], rule: str,
+                       by_level: dict[float, Recommendation] | None = None) -> list[str]:
     """Names of the trials behind each level's winner that were aimed at that level (their final
-    model is the model at that level), in level order, each once."""
+    model is the model at that level), in level order, each once. ``by_level``: as recommendation_table's."""
     out: list[str] = []
     if finished.empty:
         return out
+    by_level = by_level or {}
     targets = finished.drop_duplicates("trial_name").set_index("trial_name")["target_sparsity"]
     for level in levels:
-        rec = recommend(finished, level, rule=rule)
+        rec = by_level[level] if level in by_level else recommend(finished, level, rule=rule)
         if rec.winner is None:
             continue
         out += [t for t in rec.winner.trials if abs(float(targets.get(t, -1)) - level) < 1e-9 and t not in out]
@@ -349,7 +364,7 @@ def spent_lines(records: pd.DataFrame, params: dict[str, str], metrics: dict[str
 
 def markdown_note(records: pd.DataFrame, run_id: str, levels: Sequence[float] | None = None,
                   rule: str = "all_events", params: dict[str, str] | None = None,
-                  metrics: dict[str, float] | None = None) -> str:
+                  metrics: dict[str, float] | None = None, by_level: dict[float, Recommendation] | None = None) -> str:
     """The sweep's answer as markdown for its parent run's description in MLflow.
 
     The recommendation at each target sparsity first (MLflow shows the top of a long
@@ -362,7 +377,7 @@ def markdown_note(records: pd.DataFrame, run_id: str, levels: Sequence[float] | 
     front = fr.frontier(finished, levels, rule, metric=m)
     dense = fr.dense_baseline(finished, m)
     out = ["#### Recommendation per target sparsity"]  # blocks, joined by blank lines
-    recs = recommendation_table(finished, levels, rule, front, m)
+    recs = recommendation_table(finished, levels, rule, front, m, by_level)
     if recs.empty:
         out.append("No strategy has a model at the target sparsities yet.")
     else:
@@ -390,8 +405,10 @@ def markdown_note(records: pd.DataFrame, run_id: str, levels: Sequence[float] | 
 
 
 def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
-                 levels: Sequence[float] | None = None, rule: str = "all_events") -> list[Path]:
-    """Write every report file for one sweep into ``out_dir``; return their paths."""
+                 levels: Sequence[float] | None = None, rule: str = "all_events",
+                 by_level: dict[float, Recommendation] | None = None) -> list[Path]:
+    """Write every report file for one sweep into ``out_dir``; return their paths. ``by_level``: the
+    recommendations() of its finished records, if already computed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finished = records[records["status"].isin(("FINISHED", "KILLED"))] if "status" in records else records
@@ -417,7 +434,7 @@ def build_report(records: pd.DataFrame, out_dir: str | Path, title: str,
     shown = levels[-4:] if len(levels) > 4 else levels
     files.append(plot_budget(matched, shown, out / "budget.png", metric=m))
 
-    recs = recommendation_table(finished, levels, rule, front, m)
+    recs = recommendation_table(finished, levels, rule, front, m, by_level)
     pivot = fr.pivot(front, m)
     speed = speed_table(front, m)
     if dense.get("seeds"):

@@ -1016,15 +1016,16 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
     metric = spec.metric
     front = fr.frontier(finished, spec.target_sparsities, spec.frontier_rule, metric=metric)
     dense = fr.dense_baseline(finished, metric)
+    recs = report.recommendations(finished, spec.target_sparsities, spec.frontier_rule, metric)  # shared below
     with tempfile.TemporaryDirectory() as tmp:
         title = f"{spec.name}: {spec.model.name} on {spec.dataset.name}"
-        for path in report.build_report(records, tmp, title, spec.target_sparsities, spec.frontier_rule):
+        for path in report.build_report(records, tmp, title, spec.target_sparsities, spec.frontier_rule, recs):
             tracker.log_artifact(path)
         events_csv = Path(tmp) / "events.csv"
         records.to_csv(events_csv, index=False)
         tracker.log_artifact(events_csv)
     tracker.log_table(front)
-    tracker.link_models(report.recommended_trials(finished, spec.target_sparsities, spec.frontier_rule))
+    tracker.link_models(report.recommended_trials(finished, spec.target_sparsities, spec.frontier_rule, recs))
     wall = time.perf_counter() - t_start
     last = records.sort_values("event").groupby("trial_key").tail(1)
     tracker.log_summary(
@@ -1037,7 +1038,7 @@ def _finish(spec: SweepSpec, tracker, experiment: str, failed: list[str], t_star
     )
     run = tracker.client.get_run(parent_id)  # its params and the totals just logged, for the description
     tracker.set_description(report.markdown_note(records, parent_id, spec.target_sparsities, spec.frontier_rule,
-                                                 run.data.params, run.data.metrics))
+                                                 run.data.params, run.data.metrics, recs))
     tracker.end("FINISHED" if not failed else "FAILED")
     summary = report.format_frontier(front, dense, finished, metric=metric)
     n_run = records["trial_key"].nunique()
