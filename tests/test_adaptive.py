@@ -124,6 +124,16 @@ def test_small_adaptive_sweep_searches_then_confirms(tmp_path, monkeypatch):
     # the confirmation re-ran a searched configuration on the other seed
     assert confirmed[0].data.tags["tune_prune.config_key"] in {r.data.tags["tune_prune.config_key"] for r in searched}
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    ended = 0
+    for r in searched:
+        events = max(m.step for m in client.get_metric_history(r.info.run_id, "sparsity"))
+        if events == int(r.data.metrics["n_events"]):
+            # ran to its end: ASHA's stop at max_t is no early stop, and the final model is there
+            ended += 1
+            assert r.info.status == "FINISHED" and r.outputs.model_outputs, r.info.run_name
+        else:
+            assert r.info.status == "KILLED" and not (r.outputs and r.outputs.model_outputs), r.info.run_name
+    assert ended >= 1
     row = outcome.frontier.iloc[0]
     assert row.strategy == "geometric" and row.seeds == 2
 

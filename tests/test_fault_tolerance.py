@@ -279,3 +279,28 @@ def test_a_trial_that_raises_is_recorded_and_the_rest_of_the_sweep_completes(tmp
     assert "InjectedFault" in failed.data.tags["tune_prune.error"]
     assert [m.step for m in client.get_metric_history(failed.info.run_id, "sparsity")] == [1]  # kept what it did
     assert all(r.info.status == "FINISHED" for k, r in status.items() if k != victim.key)
+
+
+@pytest.mark.slow  # 58 s on 2 cores
+def test_a_trial_that_fails_after_its_last_event_is_finished_by_its_retry_without_redoing_it(tmp_path, monkeypatch):
+    """The retry resumes past the last event: it logs the final model, finishes the same run,
+    and reports to Tune the last event as the run recorded it."""
+    from tune_prune.sweep import run_sweep
+    from tune_prune.tracking import load_records
+
+    monkeypatch.chdir(tmp_path)
+    raw = dict(copy.deepcopy(FAILING), name="fails_at_its_end", max_failures=1, target_sparsities=[0.9],
+               strategies={"one_shot": {"patience": 1}})
+    spec = parse_spec(raw)
+    (victim,) = [t for t in spec.trials() if not t.is_dense]
+    monkeypatch.setenv("TUNE_PRUNE_CHAOS", f"fail:{victim.key}")  # after event 1 of 1, first attempt only
+    outcome = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert outcome.failed == []
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    (run,) = client.search_runs([exp.experiment_id], f"tags.`tune_prune.trial_key` = '{victim.key}'")
+    assert run.info.status == "FINISHED" and run.data.tags["tune_prune.restores"] == "1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "sparsity")] == [1]  # not redone
+    assert run.outputs and run.outputs.model_outputs
+    rows = load_records(outcome.tracking_uri, exp.experiment_id, outcome.parent_run_id).query("trial_key == @victim.key")
+    assert list(rows["event"]) == [1] and list(rows["status"]) == ["FINISHED"]

@@ -205,6 +205,7 @@ class _Fitter:
 
     def _new_tuner(self, name, param_space, trial_name, callbacks, **tune_kwargs):
         from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
 
         return tune.Tuner(
             self.trainable,
@@ -223,7 +224,8 @@ class _Fitter:
                 storage_path=self.storage_path,
                 failure_config=tune.FailureConfig(max_failures=self.spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[self.progress, *callbacks],
+                # result.json only (see _ray_session): a restored Tuner reads each trial's results from it
+                callbacks=[self.progress, *callbacks, JsonLoggerCallback()],
                 verbose=0,
             ),
         )
@@ -698,9 +700,9 @@ def _ray_session(address: str | None, tracker):
 
     # A checkpoint per prune event is by design; Tune's "snapshotting too often" warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own per-trial result files (result.json, progress.csv, TensorBoard events) repeat
-    # what MLflow records, at ~10 ms of the driver's time per trial; a user who wants them back
-    # sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0.
+    # Tune's own per-trial CSV and TensorBoard files repeat what MLflow records, at ~10 ms of the
+    # driver's time per trial; its result.json logger is kept (see _Fitter._new_tuner). A user who
+    # wants the others back sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ok = False
     try:

@@ -572,6 +572,7 @@ class TrialTracker:
         self._found: Any = False  # the run _existing() found (False: not looked up yet)
         self._pending_params: dict[str, Any] = {}  # sent with the next batch
         self._claim = claim
+        self._closed = False
 
     def finished_result(self, stopped_too: bool = False) -> dict[str, float] | None:
         """The final metrics of this trial's child run if it already FINISHED under this parent
@@ -823,8 +824,14 @@ class TrialTracker:
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, 0)])
         return logged.model_id
 
+    @property
+    def closed(self) -> bool:
+        """finish() has ended the run."""
+        return self._closed
+
     def finish(self, status: str = "FINISHED", error: str | None = None, note: str | None = None) -> None:
-        if self.run_id is None:
+        """End the run with ``status``; once: later calls (the trainable's own, after a stop) do nothing."""
+        if self.run_id is None or self._closed:
             return
         if self._events:
             self._write_record(status)
@@ -836,6 +843,7 @@ class TrialTracker:
         if note:
             self.client.set_tag(self.run_id, "tune_prune.note", note)
         self.client.set_terminated(self.run_id, status)
+        self._closed = True
 
 
 # ------------------------------------------------------------------ reading back

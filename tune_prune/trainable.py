@@ -210,21 +210,40 @@ def _record_dense(trial: TrialSpec, env: _Prepared, device: torch.device, tracke
              metric.test: test.score, "cost_epochs": 0, "n_events": 0})
 
 
+def _replay(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A recorded run's final metrics as a Tune result: what Tune was told last, at the same milestone."""
+    replay = {k: v for k, v in metrics.items() if not k.startswith("epoch_")}
+    replay.setdefault("event", replay.get("n_events", 0.0))
+    if "sparsity" in replay and replay["sparsity"] < 1.0:
+        replay["milestone"] = -math.log2(1.0 - replay["sparsity"])
+    return replay
+
+
 def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.device, share: float,
            tracker: TrialTracker, logged_through: int) -> None:
-    """Prune along the schedule; log each event to MLflow, then save it, then report it to Tune."""
+    """Prune along the schedule; log each event to MLflow, then save it, then report it to Tune.
+
+    The last event is reported only once the trial is recorded whole (final model, speed,
+    status FINISHED): Tune may answer that report with a stop (an ASHA scheduler stops every
+    trial that reaches its max_t), and a stopped trial's thread can be cut short with its actor.
+    """
     own = ctx.state_path(trial)
+    last_result: dict[str, Any] = {}
 
     def on_event(record, state: LoopState) -> None:
         last = record.event == record.n_events
         if record.event > logged_through:  # a replayed event was logged before the crash
             tracker.log_event(record, totals=last)
         _save_own_state(own, state)
-        # No Tune checkpoint after the last event: nothing would resume from it that the
-        # state copy (saved just above, on the dense cache's shared storage) does not hold,
-        # and for one-event trials it is the whole per-trial checkpoint cost.
-        _report({**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
-                 "milestone": -math.log2(1.0 - record.sparsity)}, None if last else state)
+        result = {**record.metrics(), "accelerator_seconds": record.wall_seconds * share,
+                  "milestone": -math.log2(1.0 - record.sparsity)}
+        if last:
+            # No Tune checkpoint after the last event: nothing would resume from it that the
+            # state copy (saved just above, on the dense cache's shared storage) does not hold,
+            # and for one-event trials it is the whole per-trial checkpoint cost.
+            last_result.update(result)
+        else:
+            _report(result, state)
         _chaos(trial, record.event)
 
     def on_epoch(record) -> None:
@@ -242,6 +261,11 @@ def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.de
             speed = speedup_metrics(dense, model, env.data.in_shape, device, trial.structure == STRUCTURED, **opts,
                                     vocab_size=vocab)
         tracker.log_final_model(model, speed, layers, log_model=ctx.tracking.get("log_models", True))
+        tracker.finish("FINISHED")
+        own.unlink(missing_ok=True)  # finished: the resume copy is no longer needed
+        # Resumed after its last event (the worker died before this point): Tune gets the
+        # last event as the run recorded it.
+        _report(last_result or _replay(tracker.client.get_run(tracker.run_id).data.metrics))
 
     resume = _resume_state(own)
     if resume is not None:
@@ -270,11 +294,7 @@ def train_trial(config: dict[str, Any]) -> None:
         # Already finished or stopped under this sweep (Tune's state lagged behind MLflow when
         # a driver died): report what is recorded, redo nothing. The restored scheduler sees
         # the same result at the same milestone as before, and decides as it did then.
-        replay = {k: v for k, v in done.items() if not k.startswith("epoch_")}
-        replay.setdefault("event", replay.get("n_events", 0.0))
-        if "sparsity" in replay and replay["sparsity"] < 1.0:
-            replay["milestone"] = -math.log2(1.0 - replay["sparsity"])
-        _report(replay)
+        _report(_replay(done))
         return
     try:
         env = _prepare(trial, ctx, device)
@@ -286,10 +306,12 @@ def train_trial(config: dict[str, Any]) -> None:
             _prune(trial, ctx, env, device, share, tracker, logged_through)
     except SystemExit:
         # Tune stops a function trainable by raising SystemExit from tune.report: a
-        # scheduler (ASHA) decision, not a failure. The events logged so far stand.
-        tracker.finish("KILLED", note="stopped early by the scheduler")
-        if not trial.is_dense:
-            ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
+        # scheduler (ASHA) decision, not a failure. The events logged so far stand. A trial
+        # stopped at its last event's report has finished and is recorded so already.
+        if not tracker.closed:
+            tracker.finish("KILLED", note="stopped early by the scheduler")
+            if not trial.is_dense:
+                ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
         raise
     except BaseException as exc:
         if tracker.run_id is None:  # failed before its run opened: a run still records why
