@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     for target in grid_spec.target_sparsities:
         g = recommend(grid_rec, target)
         a = recommend(ad_rec, target)
-        gw = f"{g.winner.strategy} {g.winner.test_accuracy_mean * 100:.2f}" if g.winner else "none"
-        aw = f"{a.winner.strategy} {a.winner.test_accuracy_mean * 100:.2f}" if a.winner else "none"
+        gw = f"{g.winner.strategy} {g.winner.test_mean * 100:.2f}" if g.winner else "none"
+        aw = f"{a.winner.strategy} {a.winner.test_mean * 100:.2f}" if a.winner else "none"
         same = bool(g.winner and a.winner and g.winner.strategy == a.winner.strategy)
         ge, ae = grid_epochs.get(target, 0.0), ad_epochs.get(target, 0.0)
         ratio = ae / ge if ge else float("nan")

@@ -134,6 +134,9 @@ def test_small_adaptive_sweep_searches_then_confirms(tmp_path, monkeypatch):
         else:
             assert r.info.status == "KILLED" and not (r.outputs and r.outputs.model_outputs), r.info.run_name
     assert ended >= 1
+    # the search fills the machine's trial slots (2 cores, 1 CPU a trial): two runs overlap
+    spans = sorted((r.info.start_time, r.info.end_time) for r in searched)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
     row = outcome.frontier.iloc[0]
     assert row.strategy == "geometric" and row.seeds == 2
 
