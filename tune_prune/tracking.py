@@ -696,10 +696,6 @@ class TrialTracker:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        """Several tags in one request."""
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def note_resume(self, completed_events: int) -> None:
         """Count restores on the run and remember from which event the last one resumed."""
         run = self.client.get_run(self.run_id)
