@@ -205,14 +205,9 @@ class _Fitter:
         return failed
 
     def _slots(self) -> int:
-        """How many trials the cluster runs at once (its CPUs or GPUs over a trial's share)."""
-        import ray
-
-        have = ray.cluster_resources()
         r = self.spec.resources
-        if r.gpu:
-            return max(1, int(have.get("GPU", 0) // r.gpu))
-        return max(1, int(have.get("CPU", 1) // max(r.cpu, 1e-9)))
+        slots = trial_slots(r.cpu, r.gpu)
+        return max(1, int(slots)) if slots != float("inf") else 1
 
     def _new_tuner(self, name, param_space, trial_name, callbacks, **tune_kwargs):
         from ray import tune
@@ -860,6 +855,15 @@ def sqlite_preflight(tracking_uri: str, address: str | None, cpu: float, gpu: fl
         return None
 
 
+def trial_slots(cpu: float, gpu: float) -> float:
+    """How many trials the running Ray cluster holds at once with ``cpu`` CPUs and ``gpu``
+    GPUs each (inf when a trial asks for neither)."""
+    import ray
+
+    total = ray.cluster_resources()
+    return min(total.get("CPU", 0) / cpu if cpu else float("inf"), total.get("GPU", 0) / gpu if gpu else float("inf"))
+
+
 def _sqlite_advice(address: str | None, cpu: float, gpu: float) -> str | None:
     import ray
 
@@ -869,8 +873,7 @@ def _sqlite_advice(address: str | None, cpu: float, gpu: float) -> str | None:
     if len(nodes) > 1:
         return (f"the tracking store is a SQLite file on this machine but Ray has {len(nodes)} nodes: trials on "
                 f"other machines cannot write to it; {server}")
-    total = ray.cluster_resources()
-    slots = min(total.get("CPU", 0) / cpu if cpu else float("inf"), total.get("GPU", 0) / gpu if gpu else float("inf"))
+    slots = trial_slots(cpu, gpu)
     if SQLITE_MAX_CONCURRENT < slots < float("inf"):
         return (f"up to {slots:.0f} trials at once will write to one SQLite file (tested up to "
                 f"{SQLITE_MAX_CONCURRENT}); if MLflow reports 'database is locked', {server}")
