@@ -1,6 +1,7 @@
 """Adaptive search: spec rules, the no-repeat searcher, and a small real Optuna + ASHA sweep."""
 
 import copy
+import json
 
 import pandas as pd
 import pytest
@@ -74,6 +75,14 @@ class _Scripted(Searcher):
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         self.told.append((trial_id, result, error))
+
+    def save(self, checkpoint_path):
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.points, f)
+
+    def restore(self, checkpoint_path):
+        with open(checkpoint_path) as f:
+            self.points = json.load(f)
 
 
 def test_no_repeat_searcher_answers_repeats_from_memory():
@@ -237,3 +246,56 @@ def test_a_restarted_trial_keeps_its_rungs_and_its_searcher_under_its_new_id(tmp
     assert recorded == {"new"}
     assert searcher.owner == {"new": key}
     assert "new" in searcher.id_of_key.values()
+
+
+def test_a_brackets_confirmations_come_as_soon_as_its_last_sample_ends_and_fillers_take_idle_slots(tmp_path):
+    """One Tuner for the whole adaptive sweep: while bracket b still runs, a's follow-up
+    trials are suggested before anything else; fillers take slots nothing else can use;
+    the search is over only when every bracket has ended and been followed up."""
+    from tune_prune.sweep import BracketSearcher
+
+    calls = []
+
+    def follow_up(bracket, done):
+        calls.append((bracket, done))
+        return [{"trial": f"confirm-{bracket}-{p['x']}"} for p, r in done if r is not None]
+
+    bases = {"a": {"bracket": "A"}, "b": {"bracket": "B"}}
+    s = BracketSearcher({"a": _Scripted([1]), "b": _Scripted([10, 20])}, bases, per_bracket=2,
+                        fillers=[{"trial": "dense-0"}], follow_up=follow_up)
+    assert [s.suggest(t)["point"]["x"] for t in ("t1", "t2", "t3")] == [1, 10, 20]
+    assert s.suggest("t4") == {"trial": "dense-0"}  # a is exhausted, b has had its 2: a filler
+    assert s.suggest("t5") is None  # nothing to run until a trial ends, but not FINISHED
+    s.on_trial_complete("t1", {"val_accuracy": 0.9})
+    assert calls == [("A", [({"x": 1}, {"val_accuracy": 0.9})])]
+    s.save(str(tmp_path / "s.pkl"))  # the queued confirmation survives a snapshot
+    back = BracketSearcher({"a": _Scripted([]), "b": _Scripted([])}, bases, per_bracket=2,
+                           fillers=[{"trial": "dense-0"}], follow_up=follow_up)
+    back.restore(str(tmp_path / "s.pkl"))
+    for searcher in (s, back):
+        assert searcher.suggest("t6") == {"trial": "confirm-A-1"}
+        assert searcher.suggest("t7") is None  # b still runs
+        searcher.on_trial_complete("t2", {"val_accuracy": 0.5})
+        assert searcher.suggest("t8") is None
+        searcher.on_trial_complete("t3", None, error=True)  # an errored sample is not confirmed
+        assert searcher.suggest("t9") == {"trial": "confirm-B-10"}
+        assert searcher.suggest("t10") == Searcher.FINISHED
+    assert [c[0] for c in calls] == ["A", "B", "B"]
+
+
+def test_confirmations_rank_the_samples_that_ran_to_their_end():
+    from tune_prune.spec import TrialSpec
+    from tune_prune.sweep import Confirmations
+
+    spec = parse_spec(copy.deepcopy(ADAPTIVE))
+    confirm = Confirmations(spec.base(), (1, 2), 1, "val_accuracy", True)
+    done = [({"rate0": 0.1, "patience": 1}, {"event": 3, "n_events": 3, "val_accuracy": 0.80, "cost_epochs": 9}),
+            ({"rate0": 0.2, "patience": 1}, {"event": 2, "n_events": 4, "val_accuracy": 0.95, "cost_epochs": 4}),
+            ({"rate0": 0.3, "patience": 1}, {"event": 2, "n_events": 2, "val_accuracy": 0.85, "cost_epochs": 9}),
+            ({"rate0": 0.4, "patience": 1}, None)]
+    trials = [TrialSpec.from_dict(json.loads(c["trial"])) for c in
+              confirm({"schedule": "geometric", "target": 0.9}, done)]
+    # the ASHA-stopped sample (0.95 at event 2 of 4) is not confirmed; the best that ended is
+    assert [(dict(t.knobs)["rate0"], t.seed, t.target) for t in trials] == [(0.3, 1, 0.9), (0.3, 2, 0.9)]
+    assert Confirmations(spec.base(), (), 1, "val_accuracy", True)({"schedule": "geometric", "target": 0.9},
+                                                                   done) == []

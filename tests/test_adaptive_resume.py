@@ -52,8 +52,8 @@ def test_killed_adaptive_driver_is_finished_by_resume_with_each_bracket_at_its_s
     with driver(["sweep", "spec.yaml"], tmp_path) as proc:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            if not list((tmp_path / "tune_prune_runs").glob("*/search/experiment_state-*.json")):
-                continue  # the search Tuner has no snapshot yet (and the store exists by now)
+            if not list((tmp_path / "tune_prune_runs").glob("*/adaptive/experiment_state-*.json")):
+                continue  # the Tuner has no snapshot yet (and the store exists by now)
             client = MlflowClient(uri)
             exp = client.get_experiment_by_name(spec.name)
             runs = [r for r in _children(client, exp.experiment_id) if r.data.tags.get("tune_prune.kind") == "trial"]

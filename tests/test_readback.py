@@ -267,3 +267,33 @@ def test_a_trial_that_fails_before_its_run_opens_still_gets_a_failed_run(store, 
         [exp], f"tags.`{tr.PARENT_TAG}` = '{parent}' and tags.`{tr.TAG_TRIAL_KEY}` = '{trial.key}'")
     assert run.info.status == "FAILED" and "missing from" in run.data.tags["tune_prune.error"]
     assert run.data.params["target_sparsity"] == str(trial.target)
+
+
+def test_a_run_left_running_by_a_stop_is_closed_as_killed_with_its_events(store, tmp_path):
+    """ASHA stops a trial at an event and Tune ends the Tuner (and the trial's worker) before
+    the worker closes its run: the sweep closes it as the worker would have, KILLED, with
+    its events counted. A run whose trial Tune did not end is left alone."""
+    from tune_prune.sweep import _close_cut_short
+    from tune_prune.trainable import TrialContext
+
+    uri, exp, parent, spec = store
+    stopped, other = [t for t in spec.trials() if len(t.sparsities) >= 3][:2]
+    for trial in (stopped, other):
+        tracker = tr.TrialTracker(uri, exp, parent, trial, accelerator_share=2.0)
+        tracker.start()
+        _log(tracker, range(1, 3), len(trial.sparsities))  # two events, then cut short
+    ctx = TrialContext(tracking_uri=uri, experiment_id=exp, parent_run_id=parent, cache_dir=str(tmp_path),
+                       cpu_per_trial=2.0, gpu_per_trial=0.0)
+    ctx.state_path(stopped).parent.mkdir(parents=True)
+    ctx.state_path(stopped).write_bytes(b"state")
+
+    assert _close_cut_short(ctx, [stopped]) == [stopped.name]
+    runs = {r.data.tags[tr.TAG_TRIAL_KEY]: r for r in tr.child_runs(uri, exp, parent)}
+    assert runs[stopped.key].info.status == "KILLED"
+    assert runs[stopped.key].data.tags["tune_prune.note"] == "stopped early by the scheduler"
+    assert runs[other.key].info.status == "RUNNING"
+    assert not ctx.state_path(stopped).exists()
+    records = tr.load_records(uri, exp, parent)
+    mine = records[records["trial_key"] == stopped.key]
+    assert list(mine["event"]) == [1, 2] and set(mine["status"]) == {"KILLED"}
+    assert _close_cut_short(ctx, [stopped]) == []  # once

@@ -202,6 +202,8 @@ class _Fitter:
             self.epochs_by_trial[key] = float((r.metrics or {}).get("cost_epochs", 0) or 0)
             if r.error is not None:
                 failed.append(key)
+        if "scheduler" in tune_kwargs:
+            _close_cut_short(self.ctx, [trial_from_config(r.config) for r in self.last_grid if r.error is None])
         return failed
 
     def _slots(self) -> int:
@@ -246,10 +248,16 @@ class _Fitter:
         # 2,000, on 2 cores); a string is copied by reference.
         return self._run(name, {"trial": tune.grid_search([json.dumps(t.to_dict()) for t in trials])})
 
-    def search_all(self, name: str, brackets: list[tuple[str, float, dict[str, Any]]], seed: int) -> list[str]:
-        """Every (schedule, target, space) bracket in one Tuner, so all of them fill the cluster
-        at once. Each bracket keeps its own Optuna sampler (seeded as before) and its own ASHA
-        rungs (max_t from its target); results are routed to them by the trial's bracket."""
+    def search_all(self, name: str, brackets: list[tuple[str, float, dict[str, Any]]], seed: int,
+                   fillers: list[TrialSpec], confirm: "Confirmations") -> list[str]:
+        """The whole adaptive sweep in one Tuner, so it fills the cluster from start to end.
+
+        Every (schedule, target, space) bracket is in flight at once. Each keeps its own
+        Optuna sampler (seeded as before) and its own ASHA rungs (max_t from its target);
+        results are routed to them by the trial's bracket. A bracket's confirmations start as
+        soon as its last sample has ended, while other brackets still search; the fillers
+        (dense baselines, strategies with nothing to search) take slots no search trial can
+        use yet. Confirmations and fillers run to the end of their budget (no ASHA)."""
         import math
 
         from ray.tune.schedulers import ASHAScheduler
@@ -272,10 +280,14 @@ class _Fitter:
             bases[key] = {"base": TrialSpec(**self.spec.base(), schedule=schedule, target=target, seed=seed).to_dict(),
                           "bracket": {"schedule": schedule, "target": target, "seed": seed}, "point": fixed}
         metric = self.spec.metric
-        searcher = BracketSearcher(searchers, bases, s.num_samples, metric.val, metric.mode)
+        searcher = BracketSearcher(searchers, bases, s.num_samples, metric.val, metric.mode,
+                                   fillers=[{"trial": json.dumps(t.to_dict())} for t in fillers], follow_up=confirm)
         scheduler = BracketScheduler(schedulers, searcher)
+        # at most: every sample drawn and every bracket confirmed; the searcher ends it sooner
+        # when a space runs out or fewer samples ran to their end than confirm_top
+        most = len(fillers) + len(brackets) * (s.num_samples + s.confirm_top * len(confirm.seeds))
         return self._run(name, {}, callbacks=(scheduler.snapshot_callback(),), metric=metric.val, mode=metric.mode,
-                         num_samples=s.num_samples * len(brackets), search_alg=searcher, scheduler=scheduler)
+                         num_samples=most, search_alg=searcher, scheduler=scheduler)
 
 
 @contextmanager
@@ -317,8 +329,9 @@ def tune_space(grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> dict[str, Any]:
     return space
 
 
-#: the adaptive sweep's phases, each one Tuner under the sweep directory, run in this order
-ADAPTIVE_PHASES = ("dense", "search", "confirm")
+#: the adaptive sweep's one Tuner, under the sweep directory (earlier versions ran three,
+#: "dense", "search" and "confirm", one after another)
+ADAPTIVE_TUNER = "adaptive"
 
 
 def _adaptive_plan(spec: SweepSpec) -> tuple[list[tuple[str, float, dict[str, Any]]], list[TrialSpec]]:
@@ -341,47 +354,64 @@ def _adaptive_plan(spec: SweepSpec) -> tuple[list[tuple[str, float, dict[str, An
 
 
 def _adaptive(spec: SweepSpec, fit: "_Fitter", out: TextIO | None) -> list[str]:
-    """Dense baselines, then a searched bracket per (strategy, target), then confirmations.
-
-    Each phase is its own Tuner under fit.storage_path (ADAPTIVE_PHASES); a resuming fit
-    restores those that left a snapshot and starts the others, so a resumed sweep takes up
-    the phase its driver died in, with that phase's searcher and schedulers as they were.
-    """
-    from tune_prune.spec import make_trial
-
-    failed = fit.grid(spec.dense_trials(), "dense")
+    """Dense baselines, a searched bracket per (strategy, target) and its confirmations, in one
+    Tuner (ADAPTIVE_TUNER under fit.storage_path). A resuming fit restores it with its
+    searchers, ASHA schedulers and pending confirmations as Tune last saved them."""
     search_seed, other_seeds = spec.seeds[0], spec.seeds[1:]
-    confirm: list[TrialSpec] = []
     brackets, fixed = _adaptive_plan(spec)
-    if brackets:
-        _say(out, f"search: {len(brackets)} brackets at once, up to {spec.search.num_samples} samples each "
-                  f"on seed {search_seed}")
-        failed += fit.search_all("search", brackets, search_seed)
-        for schedule, target, _ in brackets:
-            done = [r for r in fit.last_grid
-                    if r.error is None and r.metrics and r.metrics.get("event") == r.metrics.get("n_events")
-                    and _bracket_key(r.config["bracket"]["schedule"], r.config["bracket"]["target"])
-                    == _bracket_key(schedule, target)]
-            sign = -1 if spec.metric.higher_is_better else 1  # best validation metric first
-            done.sort(key=lambda r: (sign * r.metrics[spec.metric.val], r.metrics["cost_epochs"]))
-            for r in done[: spec.search.confirm_top]:
-                point = dict(r.config["point"])
-                for seed in other_seeds:
-                    confirm.append(make_trial(spec.base(), schedule, point, target, seed))
-    if confirm or fixed:
-        _say(out, f"confirming the best configurations on seeds {list(other_seeds)} ({len(confirm)} trials)"
-                  + (f" and running {len(fixed)} trials of strategies with nothing to search" if fixed else ""))
-        failed += fit.grid(confirm + fixed, "confirm")
-    return failed
+    fillers = spec.dense_trials() + fixed
+    if not brackets:  # nothing to search: the fixed trials are a grid
+        return fit.grid(fillers, ADAPTIVE_TUNER)
+    _say(out, f"search: {len(brackets)} bracket{'s' if len(brackets) != 1 else ''} at once, up to "
+              f"{spec.search.num_samples} samples each "
+              f"on seed {search_seed}; "
+              + (f"each bracket's best {spec.search.confirm_top} re-run on seeds {list(other_seeds)} as soon as "
+                 "its search ends" if other_seeds else "one seed, so nothing to confirm")
+              + (f"; {len(fixed)} trials of strategies with nothing to search" if fixed else ""))
+    confirm = Confirmations(spec.base(), tuple(other_seeds), spec.search.confirm_top, spec.metric.val,
+                            spec.metric.higher_is_better)
+    return fit.search_all(ADAPTIVE_TUNER, brackets, search_seed, fillers, confirm)
+
+
+@dataclass(frozen=True)
+class Confirmations:
+    """What follows a bracket's search: its ``top`` samples that ran to their end (best
+    validation metric first, then fewer epochs), each as a full trial on every other seed.
+
+    Plain data, so Tune can pickle it with the searcher that calls it; it prints to
+    whatever sys.stdout is, like the progress printer.
+    """
+
+    shared: dict[str, Any]
+    seeds: tuple[int, ...]
+    top: int
+    metric: str
+    higher_is_better: bool
+
+    def __call__(self, bracket: dict[str, Any], done: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[dict]:
+        from tune_prune.spec import make_trial
+
+        ended = [(point, r) for point, r in done if r and r.get("event") == r.get("n_events") and self.metric in r]
+        sign = -1 if self.higher_is_better else 1
+        ended.sort(key=lambda pr: (sign * pr[1][self.metric], pr[1].get("cost_epochs", 0)))
+        best = ended[: self.top]
+        trials = [make_trial(self.shared, bracket["schedule"], dict(point), bracket["target"], seed)
+                  for point, _ in best for seed in self.seeds]
+        what = (f"{len(trials)} confirmation trials on seeds {list(self.seeds)}" if trials
+                else "no confirmation (one seed)" if not self.seeds else "nothing to confirm")
+        print(f"search {bracket['schedule']} at {bracket['target']:g} ended: {len(done)} samples, {len(ended)} ran to "
+              f"their end; {what}", flush=True)
+        return [{"trial": json.dumps(t.to_dict())} for t in trials]
 
 
 def _bracket_key(schedule: str, target: float) -> str:
     return f"{schedule}@{float(target)!r}"
 
 
-def _trial_bracket(trial) -> str:
-    b = trial.config["bracket"]
-    return _bracket_key(b["schedule"], b["target"])
+def _trial_bracket(trial) -> str | None:
+    """The bracket a searched trial belongs to; None for a trial that is not searched."""
+    b = trial.config.get("bracket")
+    return None if b is None else _bracket_key(b["schedule"], b["target"])
 
 
 def _trial_key_of(config: dict[str, Any]) -> str:
@@ -411,7 +441,10 @@ class BracketSearcher:
 
     Suggestions go round the brackets that still have samples left, so all of them are in
     flight together; each result goes back to the bracket that suggested the trial. A
-    bracket is done after ``per_bracket`` suggestions or when its searcher says FINISHED.
+    bracket's search is over after ``per_bracket`` suggestions or when its searcher says
+    FINISHED; once its last trial has ended, ``follow_up(bracket, [(point, last result or
+    None), ...])`` gives the trials that follow it (the confirmations). Those go first;
+    ``fillers`` (trials that need no search) take the slots nothing else can use yet.
 
     A trial is known by its Tune id, and also by its content key: a resumed sweep restarts
     unfinished trials under new Tune ids, and ``renamed`` (called by BracketScheduler when
@@ -419,7 +452,8 @@ class BracketSearcher:
     """
 
     def __new__(cls, inner: dict[str, Any], bases: dict[str, dict[str, Any]], per_bracket: int,
-                metric: str = "val_accuracy", mode: str = "max"):
+                metric: str = "val_accuracy", mode: str = "max", fillers: list[dict[str, Any]] = (),
+                follow_up=None):
         from ray.tune.search import Searcher
 
         class _Brackets(Searcher):
@@ -431,16 +465,37 @@ class BracketSearcher:
                 self.owner: dict[str, str] = {}
                 self.id_of_key: dict[str, str] = {}
                 self.turn = 0
+                self.points: dict[str, dict[str, Any]] = {}  # trial id -> sampled point, while it runs
+                self.done: dict[str, list] = {k: [] for k in inner}  # bracket -> [(point, last result)]
+                self.closed: set[str] = set()  # brackets whose follow-up is queued
+                self.queue: list[dict[str, Any]] = []  # follow-up trials not suggested yet
+                self.filled = 0  # fillers suggested so far
 
             def set_search_properties(self, metric, mode, config, **spec) -> bool:
                 self._metric, self._mode = metric, mode
                 return True  # each inner searcher already has its own space
 
+            def _searching(self, key: str) -> bool:
+                return key not in self.finished and self.given[key] < per_bracket
+
+            def _close_ended(self) -> None:
+                """Queue the follow-up of each bracket whose search is over and whose trials all ended."""
+                if follow_up is None:
+                    return
+                running = {self.owner[t] for t in self.points}
+                for key in self.order:
+                    if key not in self.closed and not self._searching(key) and key not in running:
+                        self.closed.add(key)
+                        self.queue += follow_up(bases[key]["bracket"], self.done[key])
+
             def suggest(self, trial_id: str):
+                self._close_ended()
+                if self.queue:
+                    return self.queue.pop(0)
                 for _ in range(len(self.order)):
                     key = self.order[self.turn % len(self.order)]
                     self.turn += 1
-                    if key in self.finished or self.given[key] >= per_bracket:
+                    if not self._searching(key):
                         continue
                     cfg = inner[key].suggest(trial_id)
                     if cfg == Searcher.FINISHED:
@@ -452,11 +507,20 @@ class BracketSearcher:
                     self.owner[trial_id] = key
                     # the bracket's constant knobs under the sampled ones
                     config = {**bases[key], **cfg, "point": {**bases[key].get("point", {}), **cfg.get("point", {})}}
+                    self.points[trial_id] = config["point"]
                     if "base" in config:  # (unit tests drive it with bare brackets)
                         self.id_of_key[_trial_key_of(config)] = trial_id
                     return config
-                done = all(k in self.finished or self.given[k] >= per_bracket for k in self.order)
-                return Searcher.FINISHED if done else None
+                if self.filled < len(fillers):
+                    self.filled += 1
+                    return fillers[self.filled - 1]
+                self._close_ended()  # a bracket's searcher may have just said FINISHED
+                if self.queue:
+                    return self.queue.pop(0)
+                over = all(not self._searching(k) for k in self.order)
+                if over and (follow_up is None or len(self.closed) == len(self.order)):
+                    return Searcher.FINISHED
+                return None  # brackets still running: their follow-ups come later
 
             def renamed(self, trial_key: str, trial_id: str) -> None:
                 """Tune added the trial with this content key under `trial_id` (a restart on resume)."""
@@ -466,6 +530,8 @@ class BracketSearcher:
                 bracket = self.owner.pop(old)
                 self.owner[trial_id] = bracket
                 self.id_of_key[trial_key] = trial_id
+                if old in self.points:
+                    self.points[trial_id] = self.points.pop(old)
                 inner[bracket].renamed(old, trial_id)
 
             def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -474,7 +540,11 @@ class BracketSearcher:
 
             def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
                 if trial_id in self.owner:
-                    inner[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+                    key = self.owner[trial_id]
+                    inner[key].on_trial_complete(trial_id, result, error)
+                    if trial_id in self.points:
+                        self.done[key].append((self.points.pop(trial_id), None if error else result))
+                    self._close_ended()
 
             def save(self, checkpoint_path: str) -> None:
                 """Tune's experiment snapshot: every bracket's searcher and our counters, in one file
@@ -483,7 +553,8 @@ class BracketSearcher:
 
                 state = {"inner": {k: _saved_bytes(inner[k]) for k in self.order}, "given": self.given,
                          "finished": self.finished, "owner": self.owner, "id_of_key": self.id_of_key,
-                         "turn": self.turn}
+                         "turn": self.turn, "points": self.points, "done": self.done, "closed": self.closed,
+                         "queue": self.queue, "filled": self.filled}
                 with open(checkpoint_path, "wb") as f:
                     pickle.dump(state, f)
 
@@ -496,6 +567,8 @@ class BracketSearcher:
                     _restore_bytes(inner[k], state["inner"][k])
                 self.given, self.finished, self.owner = state["given"], state["finished"], state["owner"]
                 self.id_of_key, self.turn = state["id_of_key"], state["turn"]
+                self.points, self.done, self.closed = state["points"], state["done"], state["closed"]
+                self.queue, self.filled = state["queue"], state["filled"]
 
         return _Brackets()
 
@@ -508,17 +581,24 @@ class BracketScheduler:
     every bracket's ASHA state in that snapshot. On resume Tune restarts unfinished trials
     under new ids; ``on_trial_add`` finds them by content key and renames them in the
     rungs and in the searcher, so a restarted trial is not recorded twice in a rung.
+    Trials of no bracket (confirmations, dense baselines) go to a FIFO scheduler: they run
+    to their end.
     """
 
     def __new__(cls, inner: dict[str, Any], searcher=None):
         from ray import tune
-        from ray.tune.schedulers import TrialScheduler
+        from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
         class _Brackets(TrialScheduler):
             def __init__(self) -> None:
                 super().__init__()
                 self.any = next(iter(inner.values()))
+                self.plain = FIFOScheduler()
                 self.id_of_key: dict[str, str] = {}
+
+            def _of(self, trial):
+                key = _trial_bracket(trial)
+                return self.plain if key is None else inner[key]
 
             def set_search_properties(self, metric, mode, **spec) -> bool:
                 self._metric, self._mode = metric, mode
@@ -537,24 +617,24 @@ class BracketScheduler:
             def on_trial_add(self, tune_controller, trial) -> None:
                 key = _trial_key_of(trial.config)
                 old = self.id_of_key.get(key)
-                if old is not None and old != trial.trial_id:
+                if old is not None and old != trial.trial_id and _trial_bracket(trial) is not None:
                     self._rename(inner[_trial_bracket(trial)], old, trial.trial_id)
                     if searcher is not None:
                         searcher.renamed(key, trial.trial_id)
                 self.id_of_key[key] = trial.trial_id
-                inner[_trial_bracket(trial)].on_trial_add(tune_controller, trial)
+                self._of(trial).on_trial_add(tune_controller, trial)
 
             def on_trial_error(self, tune_controller, trial) -> None:
-                inner[_trial_bracket(trial)].on_trial_error(tune_controller, trial)
+                self._of(trial).on_trial_error(tune_controller, trial)
 
             def on_trial_result(self, tune_controller, trial, result):
-                return inner[_trial_bracket(trial)].on_trial_result(tune_controller, trial, result)
+                return self._of(trial).on_trial_result(tune_controller, trial, result)
 
             def on_trial_complete(self, tune_controller, trial, result) -> None:
-                inner[_trial_bracket(trial)].on_trial_complete(tune_controller, trial, result)
+                self._of(trial).on_trial_complete(tune_controller, trial, result)
 
             def on_trial_remove(self, tune_controller, trial) -> None:
-                inner[_trial_bracket(trial)].on_trial_remove(tune_controller, trial)
+                self._of(trial).on_trial_remove(tune_controller, trial)
 
             def choose_trial_to_run(self, tune_controller):
                 return self.any.choose_trial_to_run(tune_controller)  # the same FIFO choice in every bracket
@@ -971,9 +1051,9 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
 
     Unfinished trials resume from their last prune-event state copy and write into
     their existing MLflow child runs (found by trial key); errored trials are retried.
-    An adaptive sweep takes up the phase it died in (dense, search or confirm): the
-    search Tuner comes back with its searchers' and ASHA schedulers' state, so it draws
-    only the samples it had not drawn yet, and the confirmations follow from its results.
+    An adaptive sweep's Tuner comes back with its searchers', ASHA schedulers' and pending
+    confirmations' state, so it draws only the samples it had not drawn yet, and each
+    bracket's confirmations follow from its results.
     """
     from tune_prune.spec import parse_spec
     from tune_prune.tracking import SweepTracker
@@ -997,8 +1077,10 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
     _say(out, plan.summary())
     with _ray_session(address, tracker):
         if adaptive:
-            if not _restorable(exp_dir / ADAPTIVE_PHASES[0]):
-                raise LookupError(f"Ray Tune has no restorable state in {exp_dir / ADAPTIVE_PHASES[0]}")
+            if not _restorable(exp_dir / ADAPTIVE_TUNER):
+                earlier = " (it has the phases of an earlier tune_prune, which this version cannot resume)" \
+                    if (exp_dir / "search").is_dir() else ""
+                raise LookupError(f"Ray Tune has no restorable state in {exp_dir / ADAPTIVE_TUNER}{earlier}")
             fit = _Fitter(spec, TrialContext.of(context["ctx"]), str(exp_dir),
                           _progress_callback(0, plan.finished), resuming=True)
             failed = _adaptive(spec, fit, out)
@@ -1018,6 +1100,34 @@ def resume_sweep(path: str | Path, *, address: str | None = None, out: TextIO | 
             grid = _restore_tuner(exp_dir, trainable, _progress_callback(plan.total, plan.finished)).fit()
             failed = [trial_from_config(r.config).name for r in grid if r.error is not None]
     return _finish(spec, tracker, context["experiment"], failed, t_start)
+
+
+def _close_cut_short(ctx, ended: list[TrialSpec]) -> list[str]:
+    """Close as KILLED the runs of trials that Tune ended without error while their runs are
+    still RUNNING; their names.
+
+    Such a trial was stopped by its scheduler (ASHA) at one of its events, and its worker
+    was cut short before it closed the run: Tune ends a Tuner, and its actors, as soon as
+    its last trial is stopped. Left RUNNING, the run would read as unfinished, and its
+    events would not count. Reopened as the trial's retry would reopen it, its record on
+    the parent is completed from its own history first.
+    """
+    from tune_prune.tracking import TAG_TRIAL_KEY, TrialTracker, child_runs
+
+    by_key = {t.key: t for t in ended}
+    names = []
+    for r in child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id):
+        trial = by_key.get(r.data.tags.get(TAG_TRIAL_KEY))
+        if r.info.status != "RUNNING" or trial is None:
+            continue
+        tracker = TrialTracker(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial,
+                               device=r.data.params.get("device", "cpu"),
+                               accelerator_share=float(r.data.params.get("accelerator_share", 1.0)))
+        tracker.start()
+        tracker.finish("KILLED", note="stopped early by the scheduler")
+        ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
+        names.append(r.info.run_name)
+    return names
 
 
 def _close_abandoned(tracker) -> list[str]:

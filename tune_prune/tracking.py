@@ -831,13 +831,10 @@ class TrialTracker:
             return
         if self._events:
             self._write_record(status)
-        if self._pending_params or self._final_metrics:
+        tags = [RunTag(k, v) for k, v in (("tune_prune.error", (error or "")[:5000]), ("tune_prune.note", note)) if v]
+        if self._pending_params or self._final_metrics or tags:
             metrics, self._final_metrics = self._final_metrics, []
-            self.client.log_batch(self.run_id, params=self._take_params(), metrics=metrics)
-        if error:
-            self.client.set_tag(self.run_id, "tune_prune.error", error[:5000])
-        if note:
-            self.client.set_tag(self.run_id, "tune_prune.note", note)
+            self.client.log_batch(self.run_id, params=self._take_params(), metrics=metrics, tags=tags)
         self.client.set_terminated(self.run_id, status)
         self._closed = True
 
