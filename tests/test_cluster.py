@@ -97,6 +97,10 @@ RESUME = {**SPEC, "name": "two_nodes_resume", "target_sparsities": [0.7, 0.8, 0.
           "strategies": {"geometric": {"rate0": [0.4, 0.5], "patience": None, "epochs_per_event": 2}}}
 
 
+# ~3 minutes on 2 cores (two nodes, a PostgreSQL-backed server, two kills and a resume): the
+# default run keeps the two-node sweep with a server outage above, and the single-node kills
+# of a worker and of the driver (test_fault_tolerance.py); this one runs with -m slow
+@pytest.mark.slow
 def test_worker_and_driver_killed_on_two_nodes_then_resumed(tmp_path, monkeypatch):
     import os
     import signal
