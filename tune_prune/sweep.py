@@ -1116,9 +1116,9 @@ def _close_cut_short(ctx, ended: list[TrialSpec]) -> list[str]:
 
     by_key = {t.key: t for t in ended}
     names = []
-    for r in child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id):
+    for r in child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, status="RUNNING"):
         trial = by_key.get(r.data.tags.get(TAG_TRIAL_KEY))
-        if r.info.status != "RUNNING" or trial is None:
+        if trial is None:
             continue
         tracker = TrialTracker(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial,
                                device=r.data.params.get("device", "cpu"),
@@ -1140,7 +1140,7 @@ def _close_abandoned(tracker) -> list[str]:
     from tune_prune.tracking import child_runs
 
     names = []
-    for r in child_runs(tracker.uri, tracker.experiment_id, tracker.parent_run_id):
+    for r in child_runs(tracker.uri, tracker.experiment_id, tracker.parent_run_id, status="RUNNING"):
         if r.info.status == "RUNNING":
             tracker.client.set_tag(r.info.run_id, "tune_prune.error",
                                    "abandoned: started just before its sweep's driver died, and the resumed "

@@ -862,13 +862,14 @@ def find_sweep_run(tracking_uri: str, experiment_name: str, run_id: str | None =
     return runs[0]
 
 
-def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list:
-    """Every child run of a sweep, with its tags, params and latest metrics."""
+def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, status: str | None = None) -> list:
+    """Every child run of a sweep (only those with ``status``, if given), with its tags, params
+    and latest metrics."""
     client = _client(tracking_uri)
     out, token = [], None
+    where = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" + (f" and attributes.status = '{status}'" if status else "")
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], filter_string=where, max_results=1000, page_token=token)
         out.extend(page)
         token = page.token
         if not token:
