@@ -128,3 +128,64 @@ def test_killed_adaptive_driver_is_finished_by_resume_with_each_bracket_at_its_s
     assert main(["recommend", "--experiment", spec.name, "--sparsity", "0.8", "--tracking-uri", uri]) == 0
     rec = capfd.readouterr().out
     assert "geometric" in rec, rec
+
+
+# two seeds: the kill lands while a bracket's confirmation runs on seed 1
+CONFIRMING = slow_digits(
+    "kill_adaptive_confirm", target_sparsities=[0.8], seeds=[0, 1],
+    search={"mode": "adaptive", "num_samples": 2, "confirm_top": 1, "grace_period": 1, "reduction_factor": 2},
+    strategies={"geometric": {"rate0": {"low": 0.4, "high": 0.6}, "patience": None, "epochs_per_event": 2}})
+
+
+def test_driver_killed_during_a_confirmation_is_resumed_with_that_confirmation_only(tmp_path, capfd):
+    """The confirmations a bracket queued when its search ended are in Tune's snapshot: the
+    resumed sweep reopens the confirmation's run and queues no second one."""
+    from tune_prune.cli import main
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(CONFIRMING))
+    spec = parse_spec(copy.deepcopy(CONFIRMING))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed_at = None
+    deadline = time.time() + 240
+    with driver(["sweep", "spec.yaml"], tmp_path) as proc:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if not (tmp_path / "mlflow.db").exists():
+                continue
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name(spec.name)
+            if exp is None:
+                continue
+            confirming = [r for r in _children(client, exp.experiment_id)
+                          if r.data.tags.get("tune_prune.kind") == "trial" and r.data.params.get("seed") == "1"
+                          and r.info.status == "RUNNING"]
+            if confirming:
+                killed_at = confirming[0].data.tags["tune_prune.trial_key"]
+                _kill_tree(proc.pid)
+                break
+    assert killed_at, "no confirmation was seen running:\n" + (tmp_path / "driver.log").read_text()[-3000:]
+
+    (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
+    capfd.readouterr()
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["resume", str(sweep_dir)]) == 0
+    finally:
+        os.chdir(old)
+    out = capfd.readouterr()
+    assert "marked FAILED" not in out.out + out.err, (out.out + out.err)[-3000:]
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(spec.name)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`tune_prune.kind` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    runs = [r for r in _children(client, exp.experiment_id, parent.info.run_id)
+            if r.data.tags["tune_prune.kind"] == "trial"]
+    searched = [r for r in runs if r.data.params["seed"] == "0"]
+    confirmed = [r for r in runs if r.data.params["seed"] == "1"]
+    assert len(searched) == 2
+    # one confirmation, the run open at the kill, finished by the resume
+    assert [r.data.tags["tune_prune.trial_key"] for r in confirmed] == [killed_at]
+    assert confirmed[0].info.status == "FINISHED"
+    assert confirmed[0].data.tags["tune_prune.config_key"] in {r.data.tags["tune_prune.config_key"] for r in searched}
