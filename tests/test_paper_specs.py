@@ -31,14 +31,13 @@ def test_the_paper_spec_validates_for_its_cluster(name, capsys):
     assert spec.finetune.lr == 0.001 and spec.finetune.momentum == 0.9 and spec.finetune.weight_decay == 5e-4
 
 
-#: the two heaviest smoke runs (a 224 px ResNet-18 and an EfficientNetV2-S on a 2-core CPU: 2.5 and
-#: 1.5 minutes) run with -m slow; the ViT's runs by default, and the CIFAR ResNet-18 studies'
-#: smoke runs are in test_paper_protocol.py
-SMOKE = [pytest.param(n, marks=pytest.mark.slow) if n != "cifar10_vit_s16.yaml" else n for n in PAPER]
-
-
+#: these smoke runs take 2.5 (a 224 px ResNet-18), 1.5 (EfficientNetV2-S) and 1 minute (ViT-S/16)
+#: on a 2-core CPU, so they run with -m slow. By default every spec above validates, the CIFAR
+#: ResNet-18 studies' smoke runs go through the same sweep path (test_paper_protocol.py), and
+#: timm ViTs are pruned, structured too, in test_structured_vit.py and test_model_sources.py.
+@pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("name", SMOKE)
+@pytest.mark.parametrize("name", PAPER)
 def test_the_paper_spec_smoke_run_passes_on_this_cpu(name, tmp_path):
     from tune_prune.sweep import run_sweep
     from tune_prune.tracking import resolve_tracking_uri
