@@ -8,7 +8,6 @@ the same child runs and end with the usual frontier and recommendation.
 
 import copy
 import json
-import os
 import re
 import time
 
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from test_fault_tolerance import _kill_tree
 from tune_prune.spec import parse_spec
-from workloads import driver, slow_digits
+from workloads import driver, resume_here, slow_digits
 
 # ~100 s on the 2-core VM (two Ray starts, a pretraining, the report): over the default run's budget
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -73,16 +72,9 @@ def test_killed_adaptive_driver_is_finished_by_resume_with_each_bracket_at_its_s
     assert settled.items() >= settled_before.items()
     started_before = {r.data.tags["tune_prune.trial_key"] for r in _children(client, exp.experiment_id)}
 
-    (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
+    sweep_dir, code, captured = resume_here(tmp_path, capfd)
+    assert code == 0
     assert json.loads((sweep_dir / "tune_prune_sweep.json").read_text())["mode"] == "adaptive"
-    capfd.readouterr()
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert main(["resume", str(sweep_dir)]) == 0
-    finally:
-        os.chdir(old)
-    captured = capfd.readouterr()
     output = captured.out + captured.err
     assert "FileNotFoundError" not in output, output[-3000:]
     assert "marked FAILED" not in output, output[-3000:]  # no child run was left behind by the kill
@@ -140,8 +132,6 @@ CONFIRMING = slow_digits(
 def test_driver_killed_during_a_confirmation_is_resumed_with_that_confirmation_only(tmp_path, capfd):
     """The confirmations a bracket queued when its search ended are in Tune's snapshot: the
     resumed sweep reopens the confirmation's run and queues no second one."""
-    from tune_prune.cli import main
-
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(CONFIRMING))
     spec = parse_spec(copy.deepcopy(CONFIRMING))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -150,8 +140,9 @@ def test_driver_killed_during_a_confirmation_is_resumed_with_that_confirmation_o
     with driver(["sweep", "spec.yaml"], tmp_path) as proc:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            if not (tmp_path / "mlflow.db").exists():
-                continue
+            if not list((tmp_path / "tune_prune_runs").glob("*/adaptive/experiment_state-*.json")):
+                continue  # no Tuner snapshot yet; the store exists by then (a client opening it while
+                # the driver creates it would race the driver's schema migration)
             client = MlflowClient(uri)
             exp = client.get_experiment_by_name(spec.name)
             if exp is None:
@@ -165,15 +156,8 @@ def test_driver_killed_during_a_confirmation_is_resumed_with_that_confirmation_o
                 break
     assert killed_at, "no confirmation was seen running:\n" + (tmp_path / "driver.log").read_text()[-3000:]
 
-    (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
-    capfd.readouterr()
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert main(["resume", str(sweep_dir)]) == 0
-    finally:
-        os.chdir(old)
-    out = capfd.readouterr()
+    _, code, out = resume_here(tmp_path, capfd)
+    assert code == 0
     assert "marked FAILED" not in out.out + out.err, (out.out + out.err)[-3000:]
 
     client = MlflowClient(uri)

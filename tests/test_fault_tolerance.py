@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune_prune.spec import parse_spec
-from workloads import driver, slow_digits
+from workloads import driver, resume_here, slow_digits
 
 pytestmark = pytest.mark.integration
 
@@ -151,8 +151,6 @@ RESUME_LINE = re.compile(r"resuming: (\d+) of (\d+) trials finished, (\d+) resum
 def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tmp_path, capfd):
     import yaml
 
-    from tune_prune.cli import main
-
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(DRIVER))
     n_trials = len(parse_spec(copy.deepcopy(DRIVER)).trials())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -184,15 +182,8 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
         [exp.experiment_id], "tags.`tune_prune.kind` != 'sweep'") if r.info.status == "FINISHED"}
     assert settled.items() >= finished_before.items()
 
-    (sweep_dir,) = [p.parent for p in (tmp_path / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
-    capfd.readouterr()
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert main(["resume", str(sweep_dir)]) == 0
-    finally:
-        os.chdir(old)
-    captured = capfd.readouterr()
+    _, code, captured = resume_here(tmp_path, capfd)
+    assert code == 0
     output = captured.out + captured.err
     # Ray's restore warns about every trial that had reported nothing yet: not shown to users
     assert "FileNotFoundError" not in output, output[-3000:]

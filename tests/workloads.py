@@ -107,3 +107,22 @@ def loopback_head(cwd: Path, num_cpus: int = 1):
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink(missing_ok=True)
+
+
+def resume_here(cwd: Path, capfd):
+    """`tune-prune resume` of the one sweep under cwd/tune_prune_runs, run from cwd as a user
+    would: (its sweep directory, the exit code, what it printed)."""
+    import os
+
+    from tune_prune.cli import main
+
+    (sweep_dir,) = [p.parent for p in (cwd / "tune_prune_runs").glob("*/tune_prune_sweep.json")]
+    capfd.readouterr()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = main(["resume", str(sweep_dir)])
+    finally:
+        os.chdir(old)
+    return sweep_dir, code, capfd.readouterr()
+
