@@ -1113,6 +1113,7 @@ def _close_cut_short(ctx, ended: list[TrialSpec]) -> list[str]:
     the parent is completed from its own history first.
     """
     from tune_prune.tracking import TAG_TRIAL_KEY, TrialTracker, child_runs
+    from tune_prune.trainable import close_stopped
 
     by_key = {t.key: t for t in ended}
     names = []
@@ -1124,8 +1125,7 @@ def _close_cut_short(ctx, ended: list[TrialSpec]) -> list[str]:
                                device=r.data.params.get("device", "cpu"),
                                accelerator_share=float(r.data.params.get("accelerator_share", 1.0)))
         tracker.start()
-        tracker.finish("KILLED", note="stopped early by the scheduler")
-        ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
+        close_stopped(tracker, ctx, trial)  # as the worker would have
         names.append(r.info.run_name)
     return names
 

@@ -276,6 +276,14 @@ def _prune(trial: TrialSpec, ctx: TrialContext, env: _Prepared, device: torch.de
     run_trial(trial, env.data, env.dense_state, device, hooks, resume=resume, fast=env.fast)
 
 
+def close_stopped(tracker: TrialTracker, ctx: TrialContext, trial: TrialSpec) -> None:
+    """End a trial's run as its scheduler stopped it: KILLED, the events logged so far
+    standing, and its resume copy gone (it will not be resumed)."""
+    tracker.finish("KILLED", note="stopped early by the scheduler")
+    if not trial.is_dense:
+        ctx.state_path(trial).unlink(missing_ok=True)
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Run one trial inside a Ray Tune worker: prepare, then record the dense baseline or prune."""
     # One INFO line per checkpoint from Ray's storage layer drowns the progress output.
@@ -309,9 +317,7 @@ def train_trial(config: dict[str, Any]) -> None:
         # scheduler (ASHA) decision, not a failure. The events logged so far stand. A trial
         # stopped at its last event's report has finished and is recorded so already.
         if not tracker.closed:
-            tracker.finish("KILLED", note="stopped early by the scheduler")
-            if not trial.is_dense:
-                ctx.state_path(trial).unlink(missing_ok=True)  # it will not be resumed
+            close_stopped(tracker, ctx, trial)
         raise
     except BaseException as exc:
         if tracker.run_id is None:  # failed before its run opened: a run still records why
